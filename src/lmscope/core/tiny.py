@@ -60,7 +60,9 @@ def tiny_config(family: str, vocab_size: int) -> Any:
     """A small config of ``family`` (2 layers unless stated), fp32, eager attention."""
     import transformers as tf
 
-    common: dict[str, Any] = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    common: dict[str, Any] = dict(
+        vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False
+    )
     llama_like: dict[str, Any] = dict(
         hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, **common,
@@ -82,7 +84,7 @@ def tiny_config(family: str, vocab_size: int) -> Any:
     if family == "gpt_neox":
         return tf.GPTNeoXConfig(
             hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-            max_position_embeddings=256, use_parallel_residual=True, rotary_pct=0.5, **common,
+            max_position_embeddings=256, use_parallel_residual=True, **common,
         )  # fmt: skip
     if family == "phi3":
         return tf.Phi3Config(**llama_like)
