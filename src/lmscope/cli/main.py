@@ -11,7 +11,10 @@ import importlib
 import os
 import sys
 
-FAMILY_MODULES = ("info", "lens", "steer", "introspect", "icl", "neurons", "sae", "circuits", "relations", "tour")
+FAMILY_MODULES = (
+    "info", "harvest", "lens", "patchscope", "multihop", "steer", "introspect", "icl", "neurons", "sae", "circuits",
+    "relations", "tour",
+)
 
 
 def set_threads(n: int | None = None) -> None:

@@ -136,7 +136,12 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen3": _LLAMA.with_overrides(name="qwen3"),
     "gemma2": _GEMMA,
     "gemma3_text": _GEMMA.with_overrides(name="gemma3_text"),
-    "gemma3": _GEMMA.with_overrides(name="gemma3_text"),
+    "gemma3": _GEMMA.with_overrides(  # Gemma3ForConditionalGeneration: the text model sits under model.language_model
+        name="gemma3",
+        layers="model.language_model.layers",
+        embed="model.language_model.embed_tokens",
+        final_norm="model.language_model.norm",
+    ),
     "gpt2": _GPT2,
     "gpt_neox": _NEOX,
     "phi3": _PHI3,

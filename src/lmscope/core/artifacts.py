@@ -116,10 +116,24 @@ def save_artifact(
     for name, t in tensors.items():
         check_finite(t, f"tensor {name!r} of {kind}")
     header = {"kind": kind, "meta": dict(meta or {}), "provenance": asdict(provenance or Provenance())}
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"lmscope": json.dumps(header)})
+    data = save(_unshared(tensors), metadata={"lmscope": json.dumps(header)})
     p.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(p, data)
     return p
+
+
+def _unshared(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """CPU, contiguous tensors; entries sharing memory (tied weights, views) are copied, as safetensors requires."""
+    out: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen and t.numel():
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[name] = t
+    return out
 
 
 def load_artifact(path: str | os.PathLike[str], kind: str | None = None, *, allow_pickle: bool = False) -> Artifact:

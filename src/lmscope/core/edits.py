@@ -188,7 +188,8 @@ class Replace(Edit):
 class Resample(Edit):
     """Replace each (row, position) by a row drawn from ``pool`` (activations of other inputs).
 
-    The draw is seeded, so the same edit gives the same result on every call.
+    The draw is seeded per absolute position, so the same edit gives the same result on every call,
+    and the same value at a position whether the pass is whole or one KV-cache step.
     """
 
     pool: Tensor = field(default_factory=lambda: torch.zeros(0, 0))
@@ -204,8 +205,12 @@ class Resample(Edit):
         return self.pool.shape[1]
 
     def apply(self, x: Tensor, pos: Tensor) -> Tensor:
-        gen = torch.Generator().manual_seed(self.seed)
-        rows = torch.randint(0, self.pool.shape[0], x.shape[:-1], generator=gen)
+        per_position = (x.shape[0], *x.shape[2:-1])  # batch (and heads) at one position
+        cols = []
+        for p in pos.tolist():
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(p))
+            cols.append(torch.randint(0, self.pool.shape[0], per_position, generator=gen))
+        rows = torch.stack(cols, dim=1)
         return self._fit(self.pool, x)[rows].to(device=x.device, dtype=x.dtype)
 
 
@@ -249,6 +254,8 @@ class Patch(Edit):
 
     def apply(self, x: Tensor, pos: Tensor) -> Tensor:
         src = self.source
+        if src.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"patch source has batch {src.shape[0]} but the run has batch {x.shape[0]} (use 1 to broadcast)")
         if int(pos.max()) >= src.shape[1]:
             raise IndexError(f"patch source has {src.shape[1]} positions; the pass reaches position {int(pos.max())}")
         out = self._fit(src[:, pos.to(src.device)], x).to(device=x.device, dtype=x.dtype)

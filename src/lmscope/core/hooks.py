@@ -4,9 +4,10 @@ Both register PyTorch hooks on the HF modules where sites live (see ``access.py`
 exactly the handles they made when the block exits, however it exits (exception, Ctrl-C, a
 failure halfway through registration). Hooks that HF or the user registered are never touched.
 
-Ordering: edit hooks are registered with ``prepend=True`` and capture hooks appended, so a
-capture (and HF's own ``output_hidden_states`` collection) always sees the edited value,
-whichever context was opened first.
+Ordering: edit hooks run before every other hook on their module and capture hooks are appended,
+so a capture (and HF's own ``output_hidden_states`` collection) always sees the edited value,
+whichever context was opened first. Edits on one module run in the order they were registered:
+an inner ``intervene`` applies its edit after the outer one's (a steer inside a patch is kept).
 
     >>> import lmscope as ls
     >>> model = ls.load_tiny("llama")
@@ -18,6 +19,8 @@ whichever context was opened first.
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ from torch import Tensor, nn
 from lmscope.core.access import Access, resolve
 from lmscope.core.cache import ActivationCache
 from lmscope.core.edits import Chain, Edit
-from lmscope.core.sites import Site, SiteLike, as_site
+from lmscope.core.sites import Site, SiteLike, as_model_site
 
 if TYPE_CHECKING:
     from lmscope.core.model import Model
@@ -91,12 +94,35 @@ def _register(
 ) -> None:
     if point == "input":
         handle = module.register_forward_pre_hook(fn, with_kwargs=True, prepend=prepend)
+        hooks = module._forward_pre_hooks
     else:
         handle = module.register_forward_hook(fn, prepend=prepend)
+        hooks = module._forward_hooks
     record = HookRecord(owner, site, model.module_name(module))
     model._hook_records.append(record)
-    stack.callback(model._hook_records.remove, record)
+    stack.callback(_forget, model._hook_records, record)
     stack.callback(handle.remove)
+    if owner == "intervene" and prepend:
+        edit_ids: set[int] = model.__dict__.setdefault("_edit_hook_ids", set())
+        edit_ids.add(handle.id)
+        stack.callback(edit_ids.discard, handle.id)
+        _edits_first_in_order(hooks, edit_ids)
+
+
+def _edits_first_in_order(hooks: Any, edit_ids: set[int]) -> None:
+    """Reorder a module's hook dict: lmscope edits first, oldest first; everything else after, as it was."""
+    ours = sorted(k for k in hooks if k in edit_ids)  # handle ids grow with registration order
+    rest = [k for k in hooks if k not in edit_ids]
+    for k in ours + rest:
+        hooks.move_to_end(k)
+
+
+def _forget(records: list[HookRecord], record: HookRecord) -> None:
+    """Remove this very record (records of nested contexts can be equal but are distinct)."""
+    for i, r in enumerate(records):
+        if r is record:
+            del records[i]
+            return
 
 
 def _raw(point: str, idx: int, args: tuple, kwargs: dict, output: Any) -> Tensor:
@@ -154,6 +180,22 @@ def _owned(value: Tensor) -> Tensor:
     return value
 
 
+def _grad_recorder(acts: ActivationCache, site: Site, read: Any):
+    """A tensor hook that stores the gradient in ``acts.grads``, holding the cache only weakly.
+
+    A strong reference would make a cycle through the tensor's C++ grad_fn (tensor -> hook ->
+    cache -> tensor) that Python's garbage collector cannot see, leaking every captured tensor.
+    """
+    ref = weakref.ref(acts)
+
+    def hook(g: Tensor) -> None:
+        cache = ref()
+        if cache is not None:
+            cache.grads[site] = read(g)
+
+    return hook
+
+
 @contextmanager
 def capture(
     model: Model,
@@ -178,29 +220,42 @@ def capture(
     Forward passes that continue a KV cache append along the sequence axis, so a capture around
     ``generate`` holds the whole sequence.
     """
-    wanted = _unique_sites(sites)
+    wanted = _unique_sites(sites, model.shape.n_layers)
     if grads and stop_early:
         raise ValueError("grads=True needs the whole forward pass; do not combine it with stop_early")
     acts = ActivationCache()
-    deepest = max(wanted, key=lambda s: s.depth(model.shape.n_layers))
+    # Every site at the greatest depth must be recorded before stopping: q/k/v of one layer, or several
+    # heads of one site, tie in depth and their hooks run one after another.
+    max_depth = max(s.depth(model.shape.n_layers) for s in wanted)
+    deepest = {s for s in wanted if s.depth(model.shape.n_layers) == max_depth}
+    deep_seen: set[Site] = set()
     with ExitStack() as stack:
         info = _track_passes(model, stack)
         for site in wanted:
             _check_pattern(model, site)
             access = resolve(model, site)
+            read = access.read
+            if grads:  # the hook gets the raw tensor: a gradient hook must sit on what the model itself uses
+                access = dataclasses.replace(access, read=lambda t: t)
 
-            def record(t: Tensor, site: Site = site) -> None:
+            def record(t: Tensor, site: Site = site, read: Any = read) -> None:
                 value = t if (grads or not detach) else t.detach()
                 if grads:
                     if not value.requires_grad:
                         raise RuntimeError(f"cannot record gradients at {site}: it does not require grad")
-                    value.register_hook(lambda g, site=site: acts.grads.__setitem__(site, g))
+                    # A hook on a view made here (a head, a slice of fused qkv) would never fire: the view
+                    # is not on the path to the loss. Hook the raw tensor and read the site from its gradient.
+                    value.register_hook(_grad_recorder(acts, site, read))
+                    value = read(value)
                 else:
                     value = _owned(value)
                 if device is not None:
                     value = value.to(device)
                 acts._store(site, value, append=info.offset > 0)
-                if stop_early and site == deepest:
+                if stop_early and site in deepest:
+                    deep_seen.add(site)
+                if stop_early and deep_seen == deepest:
+                    deep_seen.clear()
                     raise StopForward(str(site))
 
             _register(
@@ -222,10 +277,12 @@ def intervene(model: Model, edits: Mapping[SiteLike, Edit | Sequence[Edit]]) -> 
     """
     plan: list[tuple[Site, Edit]] = []
     for key, value in edits.items():
-        site = as_site(key)
-        edit = value if isinstance(value, Edit) else Chain(edits=list(value))
-        if not isinstance(edit, Edit):
-            raise TypeError(f"edit for {site} must be an lmscope Edit, got {type(value).__name__}")
+        site = as_model_site(key, model.shape.n_layers)
+        items = [value] if isinstance(value, Edit) or not isinstance(value, Sequence) else list(value)
+        for item in items:
+            if not isinstance(item, Edit):
+                raise TypeError(f"edit for {site} must be an lmscope Edit (or a list of them), got {type(item).__name__}")
+        edit = value if isinstance(value, Edit) else Chain(edits=items)
         if site.kind == "attn_pattern":
             raise NotImplementedError(f"{site} is read-only: editing the returned pattern would not change the output")
         access = resolve(model, site)
@@ -273,19 +330,20 @@ def _register_resid_mid(model: Model, site: Site, edit: Edit, info: _PassInfo, p
         new = edit(mid, info.positions(out.device), prompt_len())
         return out + (new - mid)
 
-    _register(model, layer, keep, "input", stack, owner="intervene", site=str(site), prepend=True)
+    # Appended, so it sees the block input after every edit of resid_pre (prepended), whichever context made it.
+    _register(model, layer, keep, "input", stack, owner="intervene", site=str(site), prepend=False)
     _register(
         model, attn_out.module, _site_hook(attn_out, redirect), "output", stack,
         owner="intervene", site=str(site), prepend=True,
     )  # fmt: skip
 
 
-def _unique_sites(sites: Iterable[SiteLike]) -> list[Site]:
+def _unique_sites(sites: Iterable[SiteLike], n_layers: int) -> list[Site]:
     if isinstance(sites, (str, Site)):
         sites = [sites]
     out: list[Site] = []
     for s in sites:
-        site = as_site(s)
+        site = as_model_site(s, n_layers)
         if site not in out:
             out.append(site)
     if not out:

@@ -131,8 +131,23 @@ class Model:
         return s.d_model
 
     def sites(self, kinds: Sequence[str] | None = None) -> list[Site]:
-        """Every site this model exposes (optionally only some kinds), in forward order."""
-        kinds = list(kinds) if kinds is not None else list(ALL_KINDS)
+        """Every site this model exposes (optionally only some kinds), in forward order.
+
+        Without ``kinds``, kinds the family lacks (resid_mid of parallel blocks, unmapped sites of a
+        discovered family) are left out; asked for by name, they are listed and fail when used.
+        """
+        if kinds is None:
+            from lmscope.core.access import resolve
+
+            def mapped(kind: str) -> bool:
+                try:
+                    resolve(self, Site(kind) if kind in ("embed", "final_norm", "logits") else Site(kind, 0))
+                except NotImplementedError:
+                    return False
+                return True
+
+            kinds = [k for k in ALL_KINDS if mapped(k)]
+        kinds = list(kinds)
         out: list[Site] = []
         for kind in kinds:
             if kind in ("embed", "final_norm", "logits"):
@@ -183,12 +198,17 @@ class Model:
 
     def _as_batch(self, inputs: str | Sequence[str] | Batch | Tensor, chat: bool) -> Batch:
         if isinstance(inputs, Batch):
-            return inputs.to(self.device)
-        if isinstance(inputs, Tensor):
+            batch = inputs.to(self.device)
+        elif isinstance(inputs, Tensor):
             ids = inputs if inputs.dim() == 2 else inputs[None]
             mask = torch.ones_like(ids)
-            return Batch(ids, mask, torch.arange(ids.shape[1]).expand_as(ids).clone()).to(self.device)
-        return self.tokenize(inputs, chat=chat)
+            batch = Batch(ids, mask, torch.arange(ids.shape[1]).expand_as(ids).clone()).to(self.device)
+        else:
+            return self.tokenize(inputs, chat=chat)
+        window = self.shape.max_positions
+        if window is not None and batch.shape[1] > window:
+            raise ValueError(f"the input has {batch.shape[1]} positions, longer than the model's context window of {window}")
+        return batch
 
     # ---- running -----------------------------------------------------------------------------
     def __call__(
@@ -270,6 +290,12 @@ class Model:
                 raise ValueError("generation needs a left-padded batch; tokenize with padding_side='left'")
         else:
             batch = self.tokenize(prompts, chat=chat, system=system, padding_side="left")
+        window = self.shape.max_positions
+        if window is not None and batch.shape[1] + max_new_tokens > window:
+            raise ValueError(
+                f"the prompt ({batch.shape[1]} tokens, padded) plus max_new_tokens={max_new_tokens} is longer than "
+                f"the model's context window of {window}"
+            )
         if seed is not None:
             torch.manual_seed(seed)
         kwargs: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "use_cache": use_cache}

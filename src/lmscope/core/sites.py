@@ -162,3 +162,17 @@ SiteLike = Site | str
 def as_site(site: SiteLike) -> Site:
     """Accept a Site or its string name."""
     return Site.parse(site)
+
+
+def as_model_site(site: SiteLike, n_layers: int) -> Site:
+    """:func:`as_site` for a model with ``n_layers`` blocks: a bad name's error lists the closest valid sites."""
+    try:
+        return as_site(site)
+    except ValueError as exc:
+        valid = [_GLOBAL_NAME[k] for k in GLOBAL_KINDS]
+        valid += [f"blocks.{layer}.{suffix}" for layer in range(n_layers) for suffix in _BLOCK_SUFFIX.values()]
+        close = difflib.get_close_matches(str(site), valid, n=3, cutoff=0.5)
+        raise ValueError(
+            f"{exc}\nClosest valid sites: {close or 'none'}; the model has n_layers={n_layers} "
+            f"(blocks.0 .. blocks.{n_layers - 1})"
+        ) from None
