@@ -30,11 +30,12 @@ from lmscope.core import (
     position_ids_from_mask,
     tokenize,
 )  # fmt: skip
+from lmscope.lenses import LogitLensResult, logit_lens
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ARCHITECTURES", "ActivationCache", "Architecture", "Batch", "HookRecord", "Model", "ModelShape",
-    "Site", "StopForward", "TINY_FAMILIES", "__version__", "active_hooks", "as_site", "cache_dir", "capture",
-    "edits", "intervene", "last_token_index", "load", "load_tiny", "position_ids_from_mask", "tokenize",
+    "LogitLensResult", "Site", "StopForward", "TINY_FAMILIES", "__version__", "active_hooks", "as_site", "cache_dir", "capture",
+    "edits", "intervene", "last_token_index", "load", "load_tiny", "logit_lens", "position_ids_from_mask", "tokenize",
 ]  # fmt: skip

@@ -1,0 +1,221 @@
+"""A text corpus from what is already installed: the Python standard library's source files.
+
+Harvesting activations, training SAEs and fitting tuned lenses need a lot of ordinary text, and
+lmscope never downloads data at run time. Every Python installation ships about 12 MB of
+source code (docstrings, comments and code; English prose plus programming text) under
+``sysconfig.get_paths()["stdlib"]``; Debian's ``python3-doc`` package adds the reST sources of
+the Python documentation when it is installed. That is the corpus.
+
+- **Documents** are files, named by a stable id (``stdlib:json/decoder.py``). Their order is a
+  seeded permutation of the sorted ids, so it is deterministic for a given Python install and seed.
+- **Held-out split**: a document belongs to ``"heldout"`` when the sha256 of its id falls in the
+  first ``heldout_fraction`` of the hash range, else to ``"train"``. Decided from the id alone, so
+  no file is read to decide, and the split never changes when documents are added.
+- **Lazy**: files are listed (cheap) but read and tokenized only as chunks are requested, so
+  ``token_chunks(tok, 128, 4)`` reads a handful of files, not 12 MB.
+
+    >>> from lmscope.core.corpus import corpus_texts, token_chunks
+    >>> from lmscope.core.tiny import tiny_tokenizer
+    >>> text = next(corpus_texts(max_docs=1))
+    >>> chunk = next(token_chunks(tiny_tokenizer(), seq_len=64, n_chunks=1))
+    >>> tuple(chunk.shape)
+    (64,)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import sys
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+Split = Literal["train", "heldout", "all"]
+SOURCES: tuple[str, ...] = ("stdlib", "python-doc")
+_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
+_PY = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+_DOC_ROOTS = (f"/usr/share/doc/{_PY}/html", "/usr/share/doc/python3-doc/html", "/usr/share/doc/python3/html")
+_PIECE_CHARS = 8000  # documents are tokenized in pieces of about this many characters, cut at line ends
+
+
+@dataclass(frozen=True)
+class Document:
+    """One corpus document: a stable id and the file it is read from."""
+
+    id: str
+    """Stable name, ``"<source>:<path relative to the source root>"``."""
+    path: Path
+
+    def text(self) -> str:
+        """The file's text (undecodable bytes replaced, so reading never fails on odd encodings)."""
+        return self.path.read_text(encoding="utf-8", errors="replace")
+
+    def split(self, heldout_fraction: float) -> str:
+        """``"heldout"`` or ``"train"``, from the sha256 of the id."""
+        return "heldout" if _hash_unit(self.id) < heldout_fraction else "train"
+
+
+def _hash_unit(doc_id: str) -> float:
+    """The id's sha256 as a number in [0, 1)."""
+    return int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") / 2.0**64
+
+
+def _walk(root: Path, suffixes: tuple[str, ...], prefix: str) -> list[Document]:
+    docs: list[Document] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]
+        for name in filenames:
+            if name.endswith(suffixes):
+                path = Path(dirpath) / name
+                docs.append(Document(f"{prefix}:{path.relative_to(root).as_posix()}", path))
+    return docs
+
+
+def _python_doc_root() -> Path | None:
+    for root in _DOC_ROOTS:
+        sources = Path(root) / "_sources"
+        if sources.is_dir():
+            return sources
+    return None
+
+
+def list_documents(*, sources: tuple[str, ...] = SOURCES) -> list[Document]:
+    """Every available document of ``sources``, sorted by id (files are listed, not read)."""
+    unknown = set(sources) - set(SOURCES)
+    if unknown:
+        raise ValueError(f"unknown corpus sources {sorted(unknown)}; available: {list(SOURCES)}")
+    docs: list[Document] = []
+    if "stdlib" in sources:
+        docs += _walk(Path(sysconfig.get_paths()["stdlib"]), (".py",), "stdlib")
+    if "python-doc" in sources:
+        root = _python_doc_root()
+        if root is not None:  # optional: only where Debian's python3-doc is installed
+            docs += _walk(root, (".txt",), "python-doc")
+    if not docs:
+        raise FileNotFoundError(f"no corpus documents found for sources {list(sources)}")
+    return sorted(docs, key=lambda d: d.id)
+
+
+def corpus_documents(
+    *,
+    split: Split = "train",
+    seed: int = 0,
+    max_docs: int | None = None,
+    heldout_fraction: float = 0.05,
+    sources: tuple[str, ...] = SOURCES,
+) -> list[Document]:
+    """The documents of one split in their seeded order (nothing is read yet)."""
+    if split not in ("train", "heldout", "all"):
+        raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
+    if not 0.0 <= heldout_fraction < 1.0:
+        raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
+    if max_docs is not None and max_docs < 1:
+        raise ValueError(f"max_docs must be >= 1 or None, got {max_docs}")
+    docs = list_documents(sources=sources)
+    if split != "all":
+        docs = [d for d in docs if d.split(heldout_fraction) == split]
+    random.Random(seed).shuffle(docs)
+    return docs if max_docs is None else docs[:max_docs]
+
+
+def corpus_texts(
+    max_docs: int | None = None,
+    seed: int = 0,
+    *,
+    split: Split = "train",
+    heldout_fraction: float = 0.05,
+    sources: tuple[str, ...] = SOURCES,
+) -> Iterator[str]:
+    """Yield document texts, one file at a time, in the seeded order of :func:`corpus_documents`."""
+    for doc in corpus_documents(split=split, seed=seed, max_docs=max_docs, heldout_fraction=heldout_fraction,
+                                sources=sources):  # fmt: skip
+        text = doc.text()
+        if text.strip():
+            yield text
+
+
+def _pieces(text: str, size: int = _PIECE_CHARS) -> Iterator[str]:
+    """Cut ``text`` into pieces of about ``size`` characters at line ends (token boundaries stay natural)."""
+    start = 0
+    while start < len(text):
+        end = len(text) if len(text) - start <= size else text.rfind("\n", start, start + size) + 1
+        if end <= start:  # one very long line
+            end = start + size
+        yield text[start:end]
+        start = end
+
+
+def token_chunks(
+    tokenizer: Any,
+    seq_len: int,
+    n_chunks: int | None,
+    *,
+    seed: int = 0,
+    split: Split = "train",
+    prepend_bos: bool = True,
+    start: int = 0,
+    heldout_fraction: float = 0.05,
+    sources: tuple[str, ...] = SOURCES,
+) -> Iterator[Tensor]:
+    """Yield ``n_chunks`` LongTensors of shape (seq_len,): windows over the token stream.
+
+    The documents' tokens are concatenated with EOS between documents and cut into windows of
+    ``seq_len`` tokens (``seq_len - 1`` stream tokens after a BOS when ``prepend_bos`` and the
+    tokenizer has one). ``start`` skips that many windows (resuming a harvest). ``n_chunks=None``
+    runs to the end of the split. Only the documents needed for the requested windows are read.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    if n_chunks is not None and n_chunks < 0:
+        raise ValueError(f"n_chunks must be >= 0, got {n_chunks}")
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    bos = getattr(tokenizer, "bos_token_id", None) if prepend_bos else None
+    eos = getattr(tokenizer, "eos_token_id", None)
+    body = seq_len - (1 if bos is not None else 0)
+    stop = None if n_chunks is None else start + n_chunks
+    buffer: list[int] = []
+    index = 0
+    if stop is not None and stop <= start:
+        return
+    docs = corpus_documents(split=split, seed=seed, heldout_fraction=heldout_fraction, sources=sources)
+    for doc in docs:
+        for piece in _pieces(doc.text()):
+            buffer.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
+            while len(buffer) >= body:
+                window, buffer = buffer[:body], buffer[body:]
+                if index >= start:
+                    yield torch.tensor(([bos] if bos is not None else []) + window, dtype=torch.long)
+                index += 1
+                if stop is not None and index >= stop:
+                    return
+        if eos is not None:
+            buffer.append(eos)
+    if stop is not None and index < stop:
+        raise ValueError(f"the {split!r} split of the corpus has only {index} windows of {seq_len} tokens; "
+                         f"{stop} were requested")  # fmt: skip
+
+
+def describe_corpus(
+    *, split: Split = "train", seed: int = 0, heldout_fraction: float = 0.05, sources: tuple[str, ...] = SOURCES
+) -> dict[str, Any]:
+    """A JSON-ready description of the corpus (for manifests): sources, split, seed, and a hash of the doc ids."""
+    docs = corpus_documents(split=split, seed=seed, heldout_fraction=heldout_fraction, sources=sources)
+    ids_hash = hashlib.sha256("\n".join(d.id for d in docs).encode()).hexdigest()
+    return {
+        "name": "python-stdlib-source",
+        "sources": sorted({d.id.split(":", 1)[0] for d in docs}),
+        "python": sys.version.split()[0],
+        "split": split,
+        "seed": seed,
+        "heldout_fraction": heldout_fraction,
+        "n_docs": len(docs),
+        "doc_ids_sha256": ids_hash,
+    }
