@@ -1,0 +1,430 @@
+"""An on-disk activation store: harvest sites over a corpus into checksummed safetensors shards.
+
+SAE training, tuned-lens fitting and neuron statistics need millions of activations, more than
+fit in RAM. :func:`harvest` runs the model over fixed-length token windows
+(:func:`lmscope.core.corpus.token_chunks`), captures the chosen sites with
+``capture(..., stop_early=True)`` (the forward stops after the deepest harvested site) and
+streams them to disk. :class:`ActivationStore` reads them back, verifying checksums, and yields
+shuffled batches that visit every token exactly once per epoch.
+
+Layout of a store folder::
+
+    manifest.json                                  settings, provenance, and one entry per completed shard
+    tokens/shard_00000.safetensors                 token ids, position in window, window index (n_tokens,)
+    blocks.6.hook_resid_post/shard_00000.safetensors   the site's activations (n_tokens, d)
+
+**Resuming.** A shard holds ``chunks_per_shard`` whole windows, run in forward batches that never
+straddle shards, so a shard's bytes do not depend on where a run started. Each file is written to a
+temporary name and renamed; the manifest is rewritten (atomically) only after all of a shard's
+files are in place. An interrupted harvest therefore leaves complete shards plus at most one
+shard's orphan files, which the next run overwrites; rerunning the same call continues from the
+last completed shard and produces byte-identical files to an uninterrupted run.
+
+**Memory bound.** Per site, at most ``tokens_per_shard`` tokens are buffered (one preallocated
+tensor) before flushing; serializing a shard file makes one more copy of that site's buffer.
+The in-flight forward batch adds its captured activations. :func:`memory_bound` returns the sum:
+``sum_sites(tokens_per_shard * width * itemsize) + max_site(tokens_per_shard * width * itemsize)
++ batch_size * seq_len * sum_sites(width) * 4`` bytes (plus the model and tokenizer, not counted).
+
+    >>> import lmscope as ls
+    >>> from lmscope.core.store import HarvestConfig, harvest, ActivationStore
+    >>> model = ls.load_tiny("llama")
+    >>> cfg = HarvestConfig(sites=["blocks.1.hook_resid_post"], n_tokens=2048, seq_len=64, progress=False)
+    >>> store = harvest(model, cfg, "/tmp/lmscope-doc-store", overwrite=True)
+    >>> x = next(store.iter_batches("blocks.1.hook_resid_post", batch_size=256))
+    >>> tuple(x.shape)
+    (256, 64)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from lmscope.core.artifacts import atomic_write_bytes, atomic_write_json
+from lmscope.core.corpus import Split, describe_corpus, token_chunks
+from lmscope.core.edits import check_finite
+from lmscope.core.hooks import capture
+from lmscope.core.sites import Site, as_site
+
+if TYPE_CHECKING:
+    from lmscope.core.model import Model
+
+FORMAT = "lmscope.activation_store"
+VERSION = 1
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_TOKENS_DIR = "tokens"
+
+
+@dataclass
+class HarvestConfig:
+    """What to harvest, from how much text, into what shards."""
+
+    sites: list[str]
+    """Site names (``"blocks.6.hook_resid_post"``) or Sites; per-head and pattern sites are refused."""
+    n_tokens: int = 65536
+    """Tokens to store per site (rounded up to whole windows)."""
+    seq_len: int = 128
+    """Window length fed to the model, BOS included."""
+    drop_first: int = 1
+    """Positions dropped from each window before storing (the BOS / attention-sink position is atypical)."""
+    batch_size: int = 8
+    """Windows per forward pass (the last batch of a shard may be smaller)."""
+    tokens_per_shard: int = 16384
+    """Approximate stored tokens per shard; rounded down to whole windows (at least one)."""
+    dtype: str = "float32"
+    """Storage dtype: float32, float16 or bfloat16."""
+    seed: int = 0
+    """Corpus document order."""
+    split: Split = "train"
+    """Corpus split (``"heldout"`` for evaluation stores)."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sites, (str, Site)):
+            self.sites = [self.sites]  # type: ignore[list-item]
+        sites = [as_site(s) for s in self.sites]
+        if not sites:
+            raise ValueError("harvest needs at least one site")
+        for s in sites:
+            if s.head is not None or s.kind in ("attn_pattern", "logits"):
+                raise ValueError(f"{s} cannot be harvested: store whole sites with one vector per token (not heads, "
+                                 "patterns or logits)")  # fmt: skip
+        self.sites = list(dict.fromkeys(str(s) for s in sites))
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
+        if not 0 <= self.drop_first < self.seq_len:
+            raise ValueError(f"drop_first must be in [0, seq_len={self.seq_len}), got {self.drop_first}")
+        for name in ("n_tokens", "seq_len", "batch_size", "tokens_per_shard"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def tokens_per_chunk(self) -> int:
+        """Stored tokens per window."""
+        return self.seq_len - self.drop_first
+
+    @property
+    def chunks_per_shard(self) -> int:
+        return max(1, min(self.tokens_per_shard // self.tokens_per_chunk, self.n_chunks))
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(self.n_tokens / self.tokens_per_chunk)
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.n_chunks / self.chunks_per_shard)
+
+
+def _site_widths(model: Model, sites: list[str]) -> dict[str, int]:
+    widths = {}
+    for name in sites:
+        site = as_site(name)
+        if site.kind in ("attn_z", "q", "k", "v"):
+            n = model.shape.n_kv_heads if site.kind in ("k", "v") else model.shape.n_heads
+            widths[name] = n * model.shape.d_head  # heads flattened: (tokens, head * d_head)
+        else:
+            widths[name] = model.site_width(site)
+    return widths
+
+
+def memory_bound(model: Model, config: HarvestConfig) -> int:
+    """Bytes of RAM a harvest may hold beyond the model itself (see the module docstring)."""
+    item = _DTYPES[config.dtype].itemsize
+    per_site = [config.chunks_per_shard * config.tokens_per_chunk * w * item for w in _site_widths(model, config.sites).values()]
+    in_flight = config.batch_size * config.seq_len * sum(_site_widths(model, config.sites).values()) * 4
+    return sum(per_site) + max(per_site) + in_flight
+
+
+def _shard_file(site_or_tokens: str, index: int) -> str:
+    return f"{site_or_tokens}/shard_{index:05d}.safetensors"
+
+
+def _write_tensors(folder: Path, rel: str, tensors: dict[str, Tensor]) -> dict[str, Any]:
+    import hashlib
+
+    from safetensors.torch import save
+
+    data = save(tensors)
+    path = folder / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+    return {"file": rel, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def _settings(model: Model, config: HarvestConfig) -> dict[str, Any]:
+    """Everything that determines the shards' bytes; a resumed harvest must match it exactly."""
+    from lmscope import __version__
+
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_id": model.model_id,
+        "weight_hash": model.weight_hash,
+        "sites": list(config.sites),
+        "d": _site_widths(model, config.sites),
+        "dtype": config.dtype,
+        "seq_len": config.seq_len,
+        "drop_first": config.drop_first,
+        "batch_size": config.batch_size,
+        "tokens_per_chunk": config.tokens_per_chunk,
+        "chunks_per_shard": config.chunks_per_shard,
+        "tokens_per_shard": config.chunks_per_shard * config.tokens_per_chunk,
+        "target_tokens": config.n_chunks * config.tokens_per_chunk,
+        "corpus": describe_corpus(split=config.split, seed=config.seed),
+        "lmscope_version": __version__,
+    }
+
+
+def _resume_state(folder: Path, settings: dict[str, Any], overwrite: bool) -> list[dict[str, Any]]:
+    """Completed shard entries of an earlier run with the same settings (verified), or []."""
+    path = folder / "manifest.json"
+    if overwrite or not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    keys = [k for k in settings if k not in ("lmscope_version",)]
+    diff = [k for k in keys if old.get(k) != settings[k]]
+    if diff:
+        raise ValueError(f"{folder} holds a harvest with different settings ({', '.join(diff)}); "
+                         "use a new folder or pass overwrite=True")  # fmt: skip
+    shards = old.get("shards", [])
+    for entry in shards:
+        for info in entry["files"].values():
+            _read_verified(folder, info)
+    return shards
+
+
+def _manifest(settings: dict[str, Any], shards: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
+    return {
+        **settings,
+        "total_tokens": sum(s["n_tokens"] for s in shards),
+        "n_shards": len(shards),
+        "complete": complete,
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "shards": shards,
+    }
+
+
+def harvest(
+    model: Model,
+    config: HarvestConfig,
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    on_shard: Callable[[int], None] | None = None,
+) -> ActivationStore:
+    """Harvest ``config.sites`` over the corpus into ``out``; resumes an interrupted run of the same config.
+
+    ``on_shard(index)`` is called after each shard is committed (progress reporting; an exception
+    there stops the harvest with every committed shard kept).
+    """
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = _settings(model, config)
+    shards = _resume_state(folder, settings, overwrite)
+    widths = settings["d"]
+    dtype = _DTYPES[config.dtype]
+    cps, tpc, keep = config.chunks_per_shard, config.tokens_per_chunk, config.drop_first
+    buffers = {s: torch.empty(cps * tpc, w, dtype=dtype) for s, w in widths.items()}
+    sites = [as_site(s) for s in config.sites]
+    start_chunk = len(shards) * cps
+    chunks = token_chunks(model.tokenizer, config.seq_len, config.n_chunks - start_chunk, seed=config.seed,
+                          split=config.split, start=start_chunk)  # fmt: skip
+    bar = _progress(config, settings["target_tokens"], sum(s["n_tokens"] for s in shards))
+    try:
+        for index in range(len(shards), config.n_shards):
+            first = index * cps
+            n_here = min(cps, config.n_chunks - first)
+            windows = [next(chunks) for _ in range(n_here)]
+            ids = torch.stack(windows)  # (chunks, seq)
+            for lo in range(0, n_here, config.batch_size):
+                batch = ids[lo : lo + config.batch_size].to(model.device)
+                with capture(model, sites, stop_early=True, device="cpu") as acts:
+                    model(batch)
+                for name, site in zip(config.sites, sites, strict=True):
+                    act = acts[site][:, keep:].reshape(batch.shape[0] * tpc, -1)  # (batch * kept, width)
+                    check_finite(act, f"activations at {name}")
+                    buffers[name][lo * tpc : lo * tpc + act.shape[0]] = act.to(dtype)
+                if bar is not None:
+                    bar.update(batch.shape[0] * tpc)
+            n_tok = n_here * tpc
+            files = {
+                _TOKENS_DIR: _write_tensors(folder, _shard_file(_TOKENS_DIR, index), {
+                    "token_ids": ids[:, keep:].reshape(-1).to(torch.int32),
+                    "position": torch.arange(keep, config.seq_len, dtype=torch.int32).repeat(n_here),
+                    "chunk": torch.arange(first, first + n_here, dtype=torch.int64).repeat_interleave(tpc),
+                })
+            }  # fmt: skip
+            for name in config.sites:
+                files[name] = _write_tensors(folder, _shard_file(name, index), {"acts": buffers[name][:n_tok]})
+            shards.append({"index": index, "n_tokens": n_tok, "first_chunk": first, "n_chunks": n_here, "files": files})
+            atomic_write_json(folder / "manifest.json", _manifest(settings, shards, index + 1 == config.n_shards))
+            if on_shard is not None:
+                on_shard(index)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not shards or len(shards) == config.n_shards:
+        atomic_write_json(folder / "manifest.json", _manifest(settings, shards, True))
+    return ActivationStore(folder)
+
+
+def _progress(config: HarvestConfig, total: int, done: int) -> Any:
+    if not config.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, unit="tok", desc="harvest", unit_scale=True)
+
+
+def _read_verified(folder: Path, info: dict[str, Any]) -> bytes:
+    """A shard file's bytes after checking it exists, has the recorded size and sha256."""
+    import hashlib
+
+    path = folder / info["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"activation shard missing: {path}")
+    data = path.read_bytes()
+    if len(data) != info["bytes"]:
+        raise ValueError(f"activation shard {path} is truncated or corrupt: {len(data)} bytes, manifest says {info['bytes']}")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != info["sha256"]:
+        raise ValueError(f"checksum mismatch for activation shard {path}: sha256 {digest[:16]}..., "
+                         f"manifest says {info['sha256'][:16]}...")  # fmt: skip
+    return data
+
+
+@dataclass
+class ActivationStore:
+    """Read a harvested store: checksummed shards, shuffled batches, every token once per epoch."""
+
+    path: Path
+    verify: bool = True
+    """Check every shard's size and sha256 when opening (each read is verified again regardless)."""
+    manifest: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        mpath = self.path / "manifest.json"
+        if not mpath.is_file():
+            raise FileNotFoundError(f"no activation store at {self.path} (manifest.json missing)")
+        self.manifest = json.loads(mpath.read_text())
+        if self.manifest.get("format") != FORMAT:
+            raise ValueError(f"{mpath} is not an lmscope activation store manifest")
+        for entry in self.shards:
+            for info in entry["files"].values():
+                if self.verify:
+                    _read_verified(self.path, info)
+                elif not (self.path / info["file"]).is_file():
+                    raise FileNotFoundError(f"activation shard missing: {self.path / info['file']}")
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"ActivationStore({str(self.path)!r}, {m['model_id']}, sites={m['sites']}, tokens={len(self)}, {m['dtype']})"
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        return self.manifest["shards"]
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.manifest["sites"])
+
+    @property
+    def complete(self) -> bool:
+        """False for an interrupted harvest (readable, but holds fewer tokens than asked for)."""
+        return bool(self.manifest.get("complete"))
+
+    def __len__(self) -> int:
+        """Stored tokens (per site)."""
+        return sum(s["n_tokens"] for s in self.shards)
+
+    def _site_key(self, site: str | Site) -> str:
+        name = str(as_site(site))
+        if name not in self.manifest["sites"]:
+            raise KeyError(f"{name} is not in this store; it holds {self.manifest['sites']}")
+        return name
+
+    def read_shard(self, site: str | Site, index: int) -> Tensor:
+        """One shard's (n_tokens, d) activations of ``site``, checksum verified."""
+        return self._load(self._site_key(site), index)["acts"]
+
+    def _load(self, key: str, index: int) -> dict[str, Tensor]:
+        from safetensors.torch import load
+
+        data = _read_verified(self.path, self.shards[index]["files"][key])
+        return load(data)
+
+    def tokens(self) -> dict[str, Tensor]:
+        """Per stored token: ``token_ids``, ``position`` in its window and ``chunk`` (window index), in store order."""
+        parts = [self._load(_TOKENS_DIR, i) for i in range(len(self.shards))]
+        return {k: torch.cat([p[k] for p in parts]) for k in ("token_ids", "position", "chunk")}
+
+    def load_all(self, site: str | Site, *, max_bytes: int = 2 << 30) -> Tensor:
+        """Every token's activation of ``site`` as one (n_tokens, d) tensor, in store order (small stores)."""
+        key = self._site_key(site)
+        size = len(self) * self.manifest["d"][key] * _DTYPES[self.manifest["dtype"]].itemsize
+        if size > max_bytes:
+            raise MemoryError(f"load_all({key}) needs {size / 2**20:.0f} MiB > max_bytes={max_bytes / 2**20:.0f} MiB; "
+                              "stream with iter_batches() instead")  # fmt: skip
+        return torch.cat([self._load(key, i)["acts"] for i in range(len(self.shards))])
+
+    def iter_batches(
+        self,
+        site: str | Site,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        shards_in_memory: int = 4,
+        drop_last: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> Iterator[Tensor]:
+        """Yield (batch_size, d) batches; each stored token appears exactly once per epoch.
+
+        Shuffling permutes the shard order, then mixes ``shards_in_memory`` shards at a time with a
+        row permutation (memory: that many shards of one site). The order depends only on
+        (seed, epoch). Rows left over after a group carry into the next; the last batch is smaller
+        unless ``drop_last``.
+        """
+        key = self._site_key(site)
+        if batch_size < 1 or shards_in_memory < 1:
+            raise ValueError(f"batch_size and shards_in_memory must be >= 1, got {batch_size}, {shards_in_memory}")
+        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+        n = len(self.shards)
+        order = torch.randperm(n, generator=gen).tolist() if shuffle else list(range(n))
+        carry: Tensor | None = None
+        for g in range(0, n, shards_in_memory):
+            parts = [self._load(key, i)["acts"] for i in order[g : g + shards_in_memory]]
+            rows = torch.cat(parts)
+            if shuffle:
+                rows = rows[torch.randperm(rows.shape[0], generator=gen)]
+            if carry is not None:
+                rows = torch.cat([carry, rows])
+            full = rows.shape[0] // batch_size * batch_size
+            for lo in range(0, full, batch_size):
+                batch = rows[lo : lo + batch_size]
+                yield batch if dtype is None else batch.to(dtype)
+            carry = rows[full:] if full < rows.shape[0] else None
+        if carry is not None and not drop_last:
+            yield carry if dtype is None else carry.to(dtype)
+
+
+def config_of(store: ActivationStore) -> dict[str, Any]:
+    """The harvest settings recorded in a store's manifest (without the shard list)."""
+    return {k: v for k, v in store.manifest.items() if k != "shards"}
+
+
+__all__ = ["ActivationStore", "HarvestConfig", "config_of", "harvest", "memory_bound"]

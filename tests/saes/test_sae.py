@@ -1,0 +1,139 @@
+"""SAE variants and training: naive references, planted dictionaries, exact resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmscope.saes import SAE, SAEConfig, TensorSource, TrainConfig, topk_codes, train_sae
+from lmscope.saes.sae import _JumpReLU
+
+
+def _naive_topk(pre: torch.Tensor, k: int) -> torch.Tensor:
+    rows = []
+    for r in pre:
+        order = sorted(range(r.shape[0]), key=lambda i: -float(r[i].detach()))[:k]
+        mask = torch.zeros_like(r)
+        mask[order] = 1.0
+        rows.append(torch.relu(r) * mask)
+    return torch.stack(rows)
+
+
+def test_topk_matches_naive_values_and_gradients() -> None:
+    torch.manual_seed(0)
+    pre = torch.randn(6, 20, dtype=torch.float64, requires_grad=True)
+    pre_ref = pre.detach().clone().requires_grad_(True)
+    out, ref = topk_codes(pre, 5), _naive_topk(pre_ref, 5)
+    assert torch.equal(out, ref)
+    w = torch.randn(6, 20, dtype=torch.float64)
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    assert torch.equal(pre.grad, pre_ref.grad)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 5), st.integers(0, 10_000))
+def test_topk_code_has_at_most_k_nonzeros(k: int, rows: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    sae = SAE(SAEConfig("topk", 6, 8, k=k), generator=g)
+    z = sae.encode(torch.randn(rows, 6, generator=g))
+    assert int((z != 0).sum(-1).max()) <= k
+    assert bool((z >= 0).all())
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0.01, 2.0), st.integers(0, 10_000))
+def test_jumprelu_is_zero_below_threshold(theta: float, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    sae = SAE(SAEConfig("jumprelu", 6, 10, initial_threshold=theta), generator=g)
+    pre = sae.pre_acts(torch.randn(7, 6, generator=g) * 3)
+    z = sae.encode(torch.randn(7, 6, generator=g) * 3)
+    z = sae.activate(pre)
+    assert torch.equal(z, torch.where(pre > theta, pre, torch.zeros_like(pre)))
+
+
+def test_jumprelu_straight_through_gradient_matches_formula() -> None:
+    x = torch.tensor([[0.10, 0.52, 0.49, 0.90]], dtype=torch.float64, requires_grad=True)
+    theta = torch.tensor([0.5, 0.5, 0.5, 0.5], dtype=torch.float64, requires_grad=True)
+    eps = 0.1
+    _JumpReLU.apply(x, theta, eps).sum().backward()
+    # d/dx = H(x - theta); d/dtheta = -(theta/eps) * rect((x - theta)/eps): only |x - theta| < eps/2 contributes.
+    assert torch.equal(x.grad, torch.tensor([[0.0, 1.0, 0.0, 1.0]], dtype=torch.float64))
+    assert torch.allclose(theta.grad, torch.tensor([0.0, -5.0, -5.0, 0.0], dtype=torch.float64))
+
+
+def test_batchtopk_keeps_k_per_row_on_average_while_training() -> None:
+    sae = SAE(SAEConfig("batchtopk", 6, 16, k=3), generator=torch.Generator().manual_seed(0))
+    sae.train()
+    z = sae.encode(torch.randn(10, 6))
+    assert int((z > 0).sum()) <= 30
+
+
+def _planted(n: int = 16_000, d: int = 32, atoms: int = 96, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    dictionary = torch.randn(atoms, d, generator=g)
+    dictionary /= dictionary.norm(dim=-1, keepdim=True)
+    active = torch.rand(n, atoms, generator=g) < 3 / atoms
+    codes = active * (0.5 + torch.rand(n, atoms, generator=g) * 2)
+    return codes @ dictionary, dictionary
+
+
+@pytest.mark.parametrize("arch", ["topk", "standard"])
+def test_planted_sparse_dictionary_is_recovered(arch: str) -> None:
+    x, dictionary = _planted()
+    cfg = SAEConfig(arch, 32, 192, k=4, l1_coeff=0.05)
+    res = train_sae(TensorSource(x), cfg, TrainConfig(total_tokens=16_000 * 5, batch_size=256, lr=3e-3, progress=False,
+                                                       dead_tokens=10_000))  # fmt: skip
+    w = res.sae.W_dec / res.sae.W_dec.norm(dim=-1, keepdim=True)
+    best = (dictionary @ w.T).max(-1).values
+    assert float((best > 0.9).float().mean()) >= 0.9, best.sort().values[:10]
+
+
+def _state(res) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in res.sae.state_dict().items()}
+
+
+@pytest.mark.parametrize("arch", ["topk", "jumprelu", "batchtopk"])
+def test_resume_reproduces_uninterrupted_run_bitwise(arch: str, tmp_path) -> None:
+    x, _ = _planted(n=3000, d=16, atoms=40)
+    cfg = SAEConfig(arch, 16, 128, k=2, normalize_activations="expected_average_only_in")
+    tcfg = TrainConfig(total_tokens=128 * 20, batch_size=128, lr=1e-3, warmup_steps=5, checkpoint_every=4,
+                       dead_tokens=128, progress=False, init_tokens=256, log_every=1)  # fmt: skip
+    full = train_sae(TensorSource(x, seed=1), cfg, tcfg, out_dir=tmp_path / "a")
+    part = train_sae(TensorSource(x, seed=1), cfg, tcfg, out_dir=tmp_path / "b", stop_after=9)
+    assert part.steps == 9
+    rest = train_sae(TensorSource(x, seed=1), cfg, tcfg, out_dir=tmp_path / "b")
+    assert rest.resumed_from == 9 and rest.steps == 20
+    a, b = _state(full), _state(rest)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert full.sae.cfg.scaling_factor == rest.sae.cfg.scaling_factor
+    assert [r["mse"] for r in full.log] == [r["mse"] for r in rest.log]
+    if arch != "jumprelu":
+        assert any(r["aux"] > 0 for r in full.log)  # the AuxK path ran
+
+
+def test_resume_refuses_a_different_shape(tmp_path) -> None:
+    x = torch.randn(600, 8)
+    tcfg = TrainConfig(total_tokens=640, batch_size=64, checkpoint_every=2, progress=False, init_tokens=64)
+    train_sae(TensorSource(x), SAEConfig("topk", 8, 16, k=2), tcfg, out_dir=tmp_path, stop_after=4)
+    with pytest.raises(ValueError, match="d_sae"):
+        train_sae(TensorSource(x), SAEConfig("topk", 8, 32, k=2), tcfg, out_dir=tmp_path)
+
+
+def test_config_refuses_unknown_architecture_and_missing_k() -> None:
+    with pytest.raises(ValueError, match="supported"):
+        SAEConfig("gated", 8, 16)
+    with pytest.raises(ValueError, match="k"):
+        SAEConfig("topk", 8, 16)
+    with pytest.raises(ValueError, match="width d_in=8"):
+        SAE(SAEConfig("standard", 8, 16)).encode(torch.zeros(2, 9))
+
+
+def test_decoder_rows_stay_unit_norm_during_training() -> None:
+    res = train_sae(TensorSource(torch.randn(512, 8) * 4), SAEConfig("standard", 8, 16),
+                    TrainConfig(total_tokens=1024, batch_size=64, lr=1e-2, progress=False, init_tokens=64))  # fmt: skip
+    assert torch.allclose(res.sae.W_dec.norm(dim=-1), torch.ones(16), atol=1e-5)
