@@ -1,0 +1,157 @@
+"""In-context vectors and task vectors: a few-shot prompt's effect squeezed into one residual vector.
+
+Three ways to carry a task from demonstrations to a bare query, all read at and written to the
+residual stream after block L (``resid_post``) at the last token:
+
+- **In-context vector** (the lecture's ICV; Liu et al. / Todd et al. style mean difference):
+  v_L = mean over k-shot prompts of h_L(last token) - mean over the same queries asked zero-shot
+  of h_L(last token). Injected by *adding* v_L at the query's last token. (``raw=True`` adds the
+  mean k-shot state itself, the lecture's literal recipe, which doubles the state's size.)
+- **Task vector** (Hendel et al. 2023, "In-context learning creates task vectors"): theta_L =
+  mean k-shot last-token state; injected by *replacing* the query's last-token state at layer L.
+- **ICV of Liu et al. 2024** ("In-context vectors"): per layer, the first principal direction of
+  the differences h_l(demo "Q: x / A: y") - h_l(query "Q: x / A:") over demonstrations, scaled to
+  the mean difference along it, added with strength lambda to *every* layer at *every* position,
+  each position then rescaled to its original norm.
+
+The seed's claim: vectors from early/middle layers work, late ones do not; check it with
+:func:`evaluate_injection` per layer on held-out queries.
+
+    >>> import lmscope as ls
+    >>> from lmscope.icl.tasks import load_task, FORMATS
+    >>> from lmscope.icl.vectors import build_vectors, evaluate_injection
+    >>> model = ls.load_tiny("llama")
+    >>> vecs = build_vectors(model, load_task("antonyms"), FORMATS["qa"], layers=[1], k=2, n_prompts=4)
+    >>> vecs.icv[1].shape[0] == model.shape.d_model
+    True
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lmscope.core import edits
+from lmscope.core.edits import Edit
+from lmscope.core.hooks import capture, intervene
+from lmscope.core.metrics import at_last
+from lmscope.core.model import Model
+from lmscope.core.sites import Site
+from lmscope.icl.tasks import PromptFormat, Task, first_token_accuracy, sample_demos
+
+
+def last_token_states(
+    model: Model, prompts: Sequence[str], layers: Sequence[int], *, kind: str = "resid_post", batch_size: int = 16
+) -> Tensor:
+    """(prompt, layer, d_model) states at each prompt's last token."""
+    sites = [Site(kind, layer) for layer in layers]
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        batch = model.tokenize(list(prompts[i : i + batch_size]))
+        with capture(model, sites, stop_early=True) as acts:
+            model(batch)
+        r = torch.arange(batch.shape[0], device=batch.input_ids.device)
+        out.append(torch.stack([acts[s][r, batch.last_index].float().cpu() for s in sites], 1))
+    return torch.cat(out)
+
+
+@dataclass
+class TaskVectors:
+    """Per-layer vectors of one task, built from train pairs only."""
+
+    layers: list[int]
+    icv: dict[int, Tensor]
+    """Layer -> mean k-shot state minus mean zero-shot state (added)."""
+    mean_state: dict[int, Tensor]
+    """Layer -> mean k-shot last-token state (the task vector, patched in; or added raw)."""
+    liu: dict[int, Tensor]
+    """Every layer -> Liu et al.'s PCA in-context vector (added at all layers)."""
+
+
+def build_vectors(
+    model: Model, task: Task, fmt: PromptFormat, layers: Sequence[int], *, k: int = 5, n_prompts: int = 20, seed: int = 0
+) -> TaskVectors:
+    """All vectors of ``task`` from ``n_prompts`` k-shot prompts whose queries and demos are train pairs."""
+    rng = random.Random(seed)
+    train = task.train
+    queries = rng.sample(train, min(n_prompts, len(train)))
+    few = [fmt.prompt(sample_demos(train, k, exclude=q.input, rng=rng), q.input) for q in queries]
+    zero = [fmt.ask(q.input) for q in queries]
+    layers = list(layers)
+    h_few = last_token_states(model, few, layers)
+    h_zero = last_token_states(model, zero, layers)
+    icv = {layer: h_few[:, j].mean(0) - h_zero[:, j].mean(0) for j, layer in enumerate(layers)}
+    mean_state = {layer: h_few[:, j].mean(0) for j, layer in enumerate(layers)}
+    all_layers = list(range(model.shape.n_layers))
+    demo_states = last_token_states(model, [fmt.demo(q) for q in queries], all_layers)
+    diffs = demo_states - last_token_states(model, zero, all_layers)  # (prompt, layer, d_model)
+    liu = {layer: _pca_direction(diffs[:, layer]) for layer in all_layers}
+    return TaskVectors(layers, icv, mean_state, liu)
+
+
+def _pca_direction(diffs: Tensor) -> Tensor:
+    """First principal direction of the rows, signed and scaled like their mean projects onto it."""
+    mean = diffs.mean(0)
+    centered = diffs - mean
+    if diffs.shape[0] < 2 or float(centered.norm()) == 0:
+        return mean
+    _, _, vh = torch.linalg.svd(centered, full_matrices=False)
+    pc = vh[0]
+    proj = float(mean @ pc)
+    if proj < 0:
+        pc, proj = -pc, -proj
+    return pc * proj
+
+
+def _renorm_add(vector: Tensor, strength: float):
+    def fn(x: Tensor) -> Tensor:
+        y = x + strength * vector.to(x.dtype).to(x.device)
+        return y * (x.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+    return fn
+
+
+def injection_edits(model: Model, method: str, vecs: TaskVectors, layer: int | None, last: Tensor, *,
+                    scale: float = 1.0) -> dict[Site, Edit]:  # fmt: skip
+    """The edits that inject one method's vector into a batch whose last tokens are ``last``."""
+    if method == "liu":
+        return {Site("resid_post", l_): edits.custom(_renorm_add(v, scale)) for l_, v in vecs.liu.items()}
+    assert layer is not None
+    site = Site("resid_post", layer)
+    if method == "icv":
+        return {site: edits.add(vecs.icv[layer], scale, positions=last)}
+    if method == "icv_raw":
+        return {site: edits.add(vecs.mean_state[layer], scale, positions=last)}
+    if method == "task_vector":
+        return {site: edits.replace(vecs.mean_state[layer], positions=last)}
+    raise ValueError(f"unknown method {method!r}; choose icv, icv_raw, task_vector or liu")
+
+
+def injected_logits(model: Model, prompts: Sequence[str], edit_fn, *, batch_size: int = 16) -> Tensor:
+    """(n, vocab) last-token logits with ``edit_fn(last_index) -> {site: edit}`` active."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        batch = model.tokenize(list(prompts[i : i + batch_size]))
+        with intervene(model, edit_fn(batch.last_index)):
+            logits = model(batch)
+        assert logits is not None
+        out.append(at_last(logits, batch.attention_mask).float().cpu())
+    return torch.cat(out)
+
+
+def evaluate_injection(
+    model: Model, prompts: Sequence[str], targets: Sequence[int], method: str, vecs: TaskVectors,
+    layer: int | None, *, scale: float = 1.0,
+) -> float:  # fmt: skip
+    """First-token accuracy of zero-shot ``prompts`` with one method's vector injected."""
+    logits = injected_logits(model, prompts, lambda last: injection_edits(model, method, vecs, layer, last, scale=scale))
+    return first_token_accuracy(logits, targets)
+
+
+def add_at_last(model: Model, prompts: Sequence[str], vector: Tensor, layer: int, *, scale: float = 1.0) -> Tensor:
+    """(n, vocab) logits with ``scale * vector`` added to resid_post[layer] at each prompt's last token."""
+    return injected_logits(model, prompts, lambda last: {Site("resid_post", layer): edits.add(vector, scale, positions=last)})

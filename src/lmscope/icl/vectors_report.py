@@ -1,0 +1,127 @@
+"""Recipe behind ``lmscope icl vectors``: per task and per layer, zero-shot vs ICL vs injected vectors.
+
+For every task: first-token accuracy of zero-shot queries, of k-shot ICL prompts, and of zero-shot
+queries with each vector injected at each layer (in-context vector, its raw variant, task vector,
+function vector), plus Liu et al.'s all-layer ICV at a few strengths. Vectors are built from train
+pairs; every number is on held-out test pairs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from lmscope.core.model import Model
+from lmscope.core.outputs import Report, new_figure
+from lmscope.icl.function_vectors import aie_from_prompts, function_vector, head_prompts, top_heads
+from lmscope.icl.tasks import FORMATS, first_token_accuracy, load_task, make_queries, predict
+from lmscope.icl.vectors import add_at_last, build_vectors, evaluate_injection
+
+METHODS = ("icv", "icv_raw", "task_vector", "function_vector")
+LIU_STRENGTHS = (0.5, 1.0, 2.0)
+
+
+def vectors_report(
+    model: Model, tasks: Sequence[str], out: str | Path, *, fmt: str = "qa", layers: Sequence[int] | None = None,
+    k: int = 5, n: int = 30, fv_tasks: int = 3, fv_heads: int = 10, seed: int = 0,
+) -> dict:  # fmt: skip
+    """Run the whole evaluation and write it to ``out``; returns the result dict."""
+    f = FORMATS[fmt]
+    layers = list(range(0, model.shape.n_layers, 3)) if layers is None else list(layers)
+    loaded = {name: load_task(name) for name in tasks}
+    result: dict = {"model": model.model_id, "format": fmt, "k": k, "layers": layers, "tasks": {}, "summary": {}}
+    heads: list[tuple[int, int]] = []
+    prompts = {name: head_prompts(model, t, f, k=k, n_prompts=10, seed=seed) for name, t in loaded.items()}
+    if fv_tasks > 0:
+        print(f"[icl] ranking heads by AIE on {list(loaded)[:fv_tasks]}", file=sys.stderr, flush=True)
+        aies = [aie_from_prompts(model, prompts[name]) for name in list(loaded)[:fv_tasks]]
+        aie = torch.stack(aies).mean(0)
+        heads = top_heads(aie, fv_heads)
+        result["aie"] = aie.tolist()
+        result["fv_heads"] = heads
+        result["aie_tasks"] = list(loaded)[:fv_tasks]
+    for name, task in loaded.items():
+        print(f"[icl] vectors: {name}", file=sys.stderr, flush=True)
+        q = make_queries(model, task, f, k=k, n=n, seed=seed)
+        row: dict = {
+            "n": len(q.pairs),
+            "zero_shot": first_token_accuracy(predict(model, q.zero_shot), q.targets),
+            "icl": first_token_accuracy(predict(model, q.few_shot), q.targets),
+        }
+        vecs = build_vectors(model, task, f, layers, k=k, n_prompts=20, seed=seed)
+        for method in METHODS[:3]:
+            row[method] = [evaluate_injection(model, q.zero_shot, q.targets, method, vecs, layer) for layer in layers]
+        if heads:
+            fv = function_vector(model, prompts[name].clean, heads)
+            row["function_vector"] = [
+                first_token_accuracy(add_at_last(model, q.zero_shot, fv, layer), q.targets) for layer in layers
+            ]
+        row["liu"] = {
+            str(s): evaluate_injection(model, q.zero_shot, q.targets, "liu", vecs, None, scale=s) for s in LIU_STRENGTHS
+        }
+        result["tasks"][name] = row
+        best = max(
+            ((m, layer, acc) for m in METHODS if m in row for layer, acc in zip(layers, row[m], strict=True)), key=lambda x: x[2]
+        )
+        liu_best = max(row["liu"].items(), key=lambda kv: kv[1])
+        result["summary"][name] = {
+            "zero_shot": row["zero_shot"], "icl": row["icl"], "best_method": best[0], "best_layer": best[1],
+            "best_acc": best[2], "liu_best": liu_best[1], "liu_best_strength": float(liu_best[0]),
+            **{f"best_{m}": max(row[m]) for m in METHODS if m in row},
+            **{f"best_layer_{m}": layers[max(range(len(layers)), key=lambda i: row[m][i])] for m in METHODS if m in row},
+        }  # fmt: skip
+    _write(model, result, out, layers)
+    return result
+
+
+def _write(model: Model, result: dict, out: str | Path, layers: list[int]) -> None:
+    rep = Report(f"In-context, task and function vectors — {model.model_id}, format {result['format']}")
+    names = list(result["tasks"])
+    cols = 4
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = new_figure(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for i, name in enumerate(names):
+        ax = axes[i // cols][i % cols]
+        r = result["tasks"][name]
+        for m in METHODS:
+            if m in r:
+                ax.plot(layers, r[m], marker="o", ms=3, label=m)
+        ax.axhline(r["icl"], color="k", ls="--", lw=1, label="ICL")
+        ax.axhline(r["zero_shot"], color="grey", ls=":", lw=1, label="zero-shot")
+        ax.set_title(name, fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("layer")
+    for j in range(len(names), rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    rep.figure("vectors_per_task", fig, "Held-out first-token accuracy with a vector injected at each layer")
+    fig, ax = new_figure(figsize=(7, 4))
+    for m in METHODS:
+        if all(m in result["tasks"][n] for n in names):
+            ax.plot(layers, [sum(result["tasks"][n][m][j] for n in names) / len(names) for j in range(len(layers))],
+                    marker="o", label=m)  # fmt: skip
+    ax.axhline(sum(result["tasks"][n]["icl"] for n in names) / len(names), color="k", ls="--", label="ICL")
+    ax.axhline(sum(result["tasks"][n]["zero_shot"] for n in names) / len(names), color="grey", ls=":", label="zero-shot")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("mean accuracy over tasks")
+    ax.legend(fontsize=7)
+    rep.figure("vectors_mean", fig, "Mean over tasks")
+    s = result["summary"]
+    rep.table("Per task (held-out first-token accuracy)",
+              ["task", "zero-shot", "ICL", "best vector", "method", "layer", "ICV best", "TV best", "FV best", "Liu best"],
+              [[n, s[n]["zero_shot"], s[n]["icl"], s[n]["best_acc"], s[n]["best_method"], s[n]["best_layer"],
+                s[n].get("best_icv"), s[n].get("best_task_vector"), s[n].get("best_function_vector"), s[n]["liu_best"]]
+               for n in names])  # fmt: skip
+    if "fv_heads" in result:
+        rep.text("Function-vector heads", f"top heads (layer, head) by mean AIE over {result['aie_tasks']}: {result['fv_heads']}")
+        fig, ax = new_figure(figsize=(5, 7))
+        im = ax.imshow(torch.tensor(result["aie"]).numpy(), aspect="auto", cmap="RdBu_r")
+        fig.colorbar(im, ax=ax)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        rep.figure("aie", fig, "Average indirect effect per head")
+    rep.write(out, result)

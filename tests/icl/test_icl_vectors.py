@@ -1,0 +1,175 @@
+"""Tasks, in-context / task / function vectors, and the CLI, on tiny models (and one bundled check)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+import lmscope as ls
+from lmscope.core.architectures import get_module
+from lmscope.icl.function_vectors import HeadPrompts, aie_from_prompts, function_vector, mean_head_outputs, top_heads
+from lmscope.icl.tasks import BUILTIN_TASKS, FORMATS, Pair, Task, load_task, make_queries, predict
+from lmscope.icl.vectors import add_at_last, build_vectors, injected_logits, injection_edits, last_token_states
+
+
+@pytest.mark.parametrize("name", BUILTIN_TASKS)
+def test_builtin_task_splits_never_overlap(name: str) -> None:
+    task = load_task(name)
+    train, test = task.train, task.test
+    assert len(train) >= 20 and len(test) >= 10
+    assert not {p.input for p in train} & {p.input for p in test}
+    assert not set(train) & set(test)
+
+
+def test_task_refuses_overlap_and_demos_come_from_train(tiny_llama: ls.Model) -> None:
+    with pytest.raises(ValueError, match="both train and test"):
+        Task("bad", (Pair("a", "b", "train"), Pair("a", "c", "test")))
+    task = load_task("antonyms")
+    q = make_queries(tiny_llama, task, FORMATS["qa"], k=4, n=10)
+    test_inputs = {p.input for p in task.test}
+    for pair, prompt in zip(q.pairs, q.few_shot, strict=True):
+        demo_inputs = [block.split("\n")[0][3:] for block in prompt.split("\n\n")[:-1]]
+        assert len(demo_inputs) == 4 and not set(demo_inputs) & test_inputs
+        assert prompt.endswith(FORMATS["qa"].ask(pair.input))
+
+
+def test_scale_zero_is_a_noop(tiny_llama: ls.Model) -> None:
+    prompts = ["hello world", "the quick brown fox"]
+    v = torch.randn(tiny_llama.shape.d_model)
+    assert torch.equal(predict(tiny_llama, prompts), add_at_last(tiny_llama, prompts, v, 1, scale=0.0))
+    assert not torch.equal(predict(tiny_llama, prompts), add_at_last(tiny_llama, prompts, v, 1, scale=1.0))
+
+
+def test_injection_touches_only_the_last_token(tiny_gpt2: ls.Model) -> None:
+    """Oracle: the captured state equals the clean state plus v at each row's last token, and nothing else."""
+    task = load_task("antonyms")
+    vecs = build_vectors(tiny_gpt2, task, FORMATS["qa"], [1], k=2, n_prompts=4)
+    prompts = ["hello world", "the lazy dog jumps"]
+    batch = tiny_gpt2.tokenize(prompts)
+    site = ls.Site("resid_post", 1)
+    with ls.capture(tiny_gpt2, [site]) as clean:
+        tiny_gpt2(batch)
+    for method in ("icv", "task_vector"):
+        with ls.intervene(tiny_gpt2, injection_edits(tiny_gpt2, method, vecs, 1, batch.last_index)):
+            with ls.capture(tiny_gpt2, [site]) as got:
+                tiny_gpt2(batch)
+        diff = got[site] - clean[site]
+        rows = torch.arange(2)
+        want = vecs.icv[1] if method == "icv" else vecs.mean_state[1] - clean[site][rows, batch.last_index]
+        assert torch.allclose(diff[rows, batch.last_index], want.expand(2, -1), atol=1e-5)
+        diff[rows, batch.last_index] = 0
+        assert float(diff.abs().max()) == 0.0
+
+
+def test_icv_is_mean_difference(tiny_llama: ls.Model) -> None:
+    task = load_task("singular_plural")
+    vecs = build_vectors(tiny_llama, task, FORMATS["arrow"], [0, 2], k=2, n_prompts=5, seed=3)
+    for layer in (0, 2):
+        assert torch.allclose(vecs.icv[layer] + (vecs.mean_state[layer] - vecs.icv[layer]), vecs.mean_state[layer])
+    # Liu et al.'s vectors exist for every layer and their all-layer injection preserves each position's norm
+    assert sorted(vecs.liu) == list(range(tiny_llama.shape.n_layers))
+    prompts = ["hello world"]
+    batch = tiny_llama.tokenize(prompts)
+    sites = [ls.Site("resid_post", layer) for layer in range(tiny_llama.shape.n_layers)]
+    with ls.intervene(tiny_llama, injection_edits(tiny_llama, "liu", vecs, None, batch.last_index, scale=2.0)):
+        with ls.capture(tiny_llama, sites[:1]) as got:
+            tiny_llama(batch)
+    with ls.capture(tiny_llama, sites[:1]) as clean:
+        tiny_llama(batch)
+    assert torch.allclose(got[sites[0]].norm(dim=-1), clean[sites[0]].norm(dim=-1), rtol=1e-5)
+    assert not torch.allclose(got[sites[0]], clean[sites[0]])
+
+
+def _planted(family: str, layer: int, head: int) -> ls.Model:
+    """Only one head reaches the residual stream: every other head's o_proj slice is zero, the planted one
+    scaled up, and the unembedding sharpened so the output depends visibly on that head."""
+    model = ls.load_tiny(family, seed=1)
+    d = model.shape.d_head
+    with torch.no_grad():
+        for li in range(model.shape.n_layers):
+            o = get_module(model.layers[li], model.arch.o_proj).weight
+            for h in range(model.shape.n_heads):
+                if (li, h) == (layer, head):
+                    o[:, h * d : (h + 1) * d] *= 50.0
+                else:
+                    o[:, h * d : (h + 1) * d] = 0.0
+        get_module(model.hf, model.arch.lm_head).weight *= 100.0
+    return model
+
+
+@pytest.mark.parametrize("family,layer,head", [("llama", 2, 1), ("qwen3", 1, 3)])
+def test_aie_recovers_a_planted_head(family: str, layer: int, head: int) -> None:
+    model = _planted(family, layer, head)
+    rng = random.Random(0)
+    words = ["fox", "dog", "world", "hello", "quick", "brown", "lazy", "store", "drink", "park"]
+    demo = rng.sample(words, 3)
+    clean = [" ".join(f"{w} = {w}." for w in demo) + " Mary ="] * 6  # one clean prompt: its mean z is its z
+    corrupt = [" ".join(f"{w} = {rng.choice(words)}." for w in demo) + " Mary =" for _ in range(6)]
+    targets = predict(model, clean).argmax(-1).tolist()  # the clean behaviour's answer
+    aie = aie_from_prompts(model, HeadPrompts(clean, corrupt, targets))
+    assert top_heads(aie, 1) == [(layer, head)]
+    assert float(aie[layer, head]) > 0
+    others = aie.clone()
+    others[layer, head] = 0
+    assert float(others.abs().max()) < 1e-6  # heads that cannot reach the output have no effect
+
+
+def test_function_vector_is_the_heads_output(tiny_llama: ls.Model) -> None:
+    """Oracle: o_proj run on the mean z with every other head zeroed."""
+    prompts = ["hello world", "the quick brown fox jumps"]
+    heads = [(1, 2), (2, 0)]
+    fv = function_vector(tiny_llama, prompts, heads)
+    means = mean_head_outputs(tiny_llama, prompts)
+    want = torch.zeros_like(fv)
+    for layer, head in heads:
+        z = torch.zeros(tiny_llama.shape.n_heads, tiny_llama.shape.d_head)
+        z[head] = means[layer, head]
+        want += get_module(tiny_llama.layers[layer], "self_attn.o_proj")(z.flatten()[None])[0].detach()
+    assert torch.allclose(fv, want, atol=1e-5)
+
+
+def test_injected_logits_without_edits_equal_plain(tiny_gpt2: ls.Model) -> None:
+    prompts = ["hello world", "a"]
+    assert torch.equal(injected_logits(tiny_gpt2, prompts, lambda last: {}), predict(tiny_gpt2, prompts))
+    states = last_token_states(tiny_gpt2, prompts, [0])
+    assert states.shape == (2, 1, tiny_gpt2.shape.d_model)
+
+
+def test_cli_writes_json_figures_html(tmp_path) -> None:
+    from lmscope.cli.main import main
+
+    out = tmp_path / "rank1"
+    rc = main(["--threads", "1", "icl", "rank1", "--tiny", "llama", "--tasks", "antonyms,country_capital", "--queries", "1",
+               "--sources", "1", "--targets", "3", "--k", "2", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    res = json.loads((out / "result.json").read_text())
+    assert max(c["rel_err_fp32"] for c in res["identity"]) < 1e-5
+    assert (out / "index.html").exists() and (out / "rank1_identity.png").exists()
+
+
+@pytest.mark.bundled
+def test_icv_beats_zero_shot_on_bundled(smollm: ls.Model) -> None:
+    task = load_task("antonyms")
+    fmt = FORMATS["qa"]
+    q = make_queries(smollm, task, fmt, k=5, n=12)
+    vecs = build_vectors(smollm, task, fmt, [21], k=5, n_prompts=12)
+    zero = float((predict(smollm, q.zero_shot).argmax(-1) == torch.tensor(q.targets)).float().mean())
+    inj = add_at_last(smollm, q.zero_shot, vecs.icv[21], 21)  # layer 21: the band where ICVs work on SmolLM2
+    acc = float((inj.argmax(-1) == torch.tensor(q.targets)).float().mean())
+    assert acc >= zero + 0.25, (zero, acc)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_aie_with_cached_prefix_equals_full_passes(family: str) -> None:
+    model = ls.load_tiny(family)
+    task = load_task("antonyms")
+    from lmscope.icl.function_vectors import head_prompts
+
+    hp = head_prompts(model, task, FORMATS["qa"], k=2, n_prompts=3)
+    fast = aie_from_prompts(model, hp, layers=[0, 2])
+    slow = aie_from_prompts(model, hp, layers=[0, 2], reuse_prefix=False)
+    assert torch.allclose(fast, slow, atol=1e-6), (fast - slow).abs().max()
+    assert float(slow.abs().max()) > 0
