@@ -1,0 +1,82 @@
+"""Extraction: a planted direction is recovered by mean difference, PCA and the probe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmscope.steering import extract_many, from_records, last_token_acts, threshold_accuracy
+from lmscope.steering.extract import directions_from_acts, mean_diff_directions
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+@pytest.mark.parametrize("method", ["mean_diff", "pca", "probe"])
+def test_synthetic_planted_direction(method: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    n, layers, d = 100, 2, 32
+    planted = torch.randn(d, generator=g)
+    planted /= planted.norm()
+    noise = lambda: torch.randn(n, layers, d, generator=g)  # noqa: E731
+    pos, neg = noise() + 2.0 * planted, noise() - 2.0 * planted
+    dirs = directions_from_acts(pos, neg, method, paired=True)
+    for layer in range(layers):
+        assert _cos(dirs[layer], planted) > 0.9
+        # gap-scaled: the length is the projected class gap (~4), positive side up
+        assert 3.0 < float(dirs[layer] @ planted) < 5.0
+
+
+def test_mean_diff_is_difference_of_means() -> None:
+    pos, neg = torch.randn(5, 3, 4), torch.randn(7, 3, 4)
+    assert torch.equal(mean_diff_directions(pos, neg), pos.mean(0) - neg.mean(0))
+
+
+def test_threshold_accuracy_oracle() -> None:
+    tp, tn = torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])
+    assert threshold_accuracy(tp, tn, torch.tensor([2.5, 0.5]), torch.tensor([0.7, 3.0])) == 0.5
+    assert threshold_accuracy(tp, tn, torch.tensor([5.0]), torch.tensor([-5.0])) == 1.0
+
+
+def test_last_token_acts_match_single_prompt_runs(tiny_llama) -> None:
+    """Left-padded batches read each row's last real token: compare with unpadded HF hidden states."""
+    m = tiny_llama
+    texts = ["hello", "the quick brown fox jumps"]
+    acts = last_token_acts(m, texts, templated=False, batch_size=2)
+    for i, t in enumerate(texts):
+        ids = m.tokenizer(t, return_tensors="pt")["input_ids"]
+        hs = m.hf(input_ids=ids, output_hidden_states=True).hidden_states
+        for layer in range(m.shape.n_layers - 1):
+            assert torch.allclose(acts[i, layer], hs[layer + 1][0, -1], atol=1e-5)
+
+
+def test_planted_direction_in_a_tiny_model(tiny_llama) -> None:
+    """Positives end in token A, negatives in token B; the embeddings of A and B differ by a planted
+    direction, so the last-token activations do too. All three methods must find it."""
+    m = tiny_llama
+    tok = m.tokenizer
+    a_id, b_id = tok("A", add_special_tokens=False)["input_ids"], tok("B", add_special_tokens=False)["input_ids"]
+    assert len(a_id) == len(b_id) == 1
+    emb = m.hf.get_input_embeddings().weight
+    g = torch.Generator().manual_seed(3)
+    planted = torch.randn(m.shape.d_model, generator=g)
+    planted /= planted.norm()
+    saved = emb.data.clone()
+    try:
+        base = emb.data[a_id[0]].clone()
+        emb.data[a_id[0]] = base + planted
+        emb.data[b_id[0]] = base - planted
+        words = "the quick brown fox jumps over lazy dog hello world capital France Paris Mary John store".split()
+        rng = torch.Generator().manual_seed(4)
+        records = []
+        for i in range(48):
+            stem = " ".join(words[j] for j in torch.randint(0, len(words), (4,), generator=rng).tolist())
+            records.append({"positive": stem + " A", "negative": stem + " B", "split": "test" if i % 4 == 0 else "train"})
+        cs = from_records(records, name="planted")
+        res = extract_many(m, cs, layers=[0, 1])
+        for method, r in res.items():
+            assert _cos(r.vector[0], planted) > 0.9, method
+            assert r.separability[0] == 1.0, method
+    finally:
+        emb.data.copy_(saved)
