@@ -59,6 +59,13 @@ RECIPES: tuple[Recipe, ...] = (
            _one("icl", "vectors", "--tasks", "antonyms,present_past", "--layers", "12,17,21,27", "--n", "12")),
     Recipe("icl-rank1", "In-context learning equals a rank-1 update of the MLP weights.",
            _one("icl", "rank1", "--tasks", "antonyms", "--queries", "2", "--no-transfer"), tiny_ok=True),
+    Recipe("ioi-patching", "IOI: the answer moves from the name positions to the final position in late layers.",
+           _one("patch", "--task", "ioi", "--n", "16", "--max-examples", "6", "--variants", "resid,layers")),
+    Recipe("ioi-circuit", "A pruned circuit is necessary and sufficient under mean ablation; random ones are not.",
+           _one("circuit", "--task", "ioi", "--n", "16", "--max-examples", "6", "--method", "acdc-nodes",
+                "--threshold", "0.05", "--n-random", "3")),
+    Recipe("lre", "Relation decoding is often linear: subject state x W + b gives the object (a model of the model).",
+           _one("lre", "--relations", "word_plural,country_capital", "--layers", "8", "--n-prompts", "2")),
     Recipe("neurons-ablate", "Ablating a single neuron rarely changes the output.",
            _one("neurons", "ablate", "--layer", "19", "--neurons", "1467", "--windows", "4", "--controls", "2")),
 )  # fmt: skip
