@@ -13,7 +13,7 @@ import sys
 
 FAMILY_MODULES = (
     "info", "harvest", "lens", "patchscope", "multihop", "steer", "introspect", "icl", "neurons", "sae", "circuits",
-    "relations", "tour",
+    "relations", "sparse", "tour",
 )
 
 
