@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 
+from lmscope.cli.common import model_from_args
+
 DEFAULT_TASKS = (
     "antonyms,country_capital,singular_plural,present_past,lower_upper,country_language,city_country,word_first_letter"
 )
 
 
 def _model(args: argparse.Namespace):
-    from lmscope.core.loading import load
-    from lmscope.core.tiny import load_tiny
-
-    return load_tiny(args.tiny) if args.tiny else load(args.model)
+    return model_from_args(args)
 
 
 def _ints(text: str | None) -> list[int] | None:

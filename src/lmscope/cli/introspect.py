@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lmscope.cli.common import model_from_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("introspect", help="inject concept vectors and ask the model whether it notices")
@@ -32,7 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import lmscope as ls
     from lmscope.core.outputs import Report
     from lmscope.introspection import (
         IntrospectionConfig,
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         pick_concepts,
     )
 
-    model = ls.load_tiny(args.tiny) if args.tiny else ls.load(args.model)
+    model = model_from_args(args)
     cfg = IntrospectionConfig(
         layers=args.layers, strengths=args.strengths, concepts=args.concepts, n_concepts=args.n_concepts,
         n_baseline=args.n_baseline, n_trials=args.trials, read=args.read, inject_from=args.inject_from,

@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+from lmscope.cli.common import model_from_args
+
 # (country, capital): the demo keeps the ones the model answers correctly at its last layer.
 DEMO_CAPITALS: tuple[tuple[str, str], ...] = (
     ("France", " Paris"), ("Germany", " Berlin"), ("Italy", " Rome"), ("Spain", " Madrid"), ("Japan", " Tokyo"),
@@ -44,9 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_model(args: argparse.Namespace):
-    import lmscope as ls
-
-    return ls.load_tiny(args.tiny) if args.tiny else ls.load(args.model)
+    return model_from_args(args)
 
 
 def _records(args: argparse.Namespace, model: Any) -> tuple[list[str], list[str] | None, str]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from lmscope.cli.common import model_from_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("multihop", help="two-hop queries: bridge/answer emergence and backpatching", description=__doc__,
@@ -25,12 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import lmscope as ls
     from lmscope.cli.lens import print_table
     from lmscope.lenses.multihop import analyze_two_hop, backpatch, build_two_hop, grid_pairs, save_multihop
 
     t0 = time.time()
-    model = ls.load_tiny(args.tiny) if args.tiny else ls.load(args.model)
+    model = model_from_args(args)
     data = build_two_hop(model)
     if args.limit is not None:
         data.queries = data.queries[: args.limit]

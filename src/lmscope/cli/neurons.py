@@ -14,6 +14,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from lmscope.cli.common import model_from_args
+
 
 def _layers(text: str) -> list[int]:
     out: list[int] = []
@@ -74,9 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _model(args: argparse.Namespace):
-    import lmscope as ls
-
-    return ls.load_tiny(args.tiny) if args.tiny else ls.load(args.model)
+    return model_from_args(args)
 
 
 def _write(args: argparse.Namespace, title: str, result: dict, report=None) -> None:

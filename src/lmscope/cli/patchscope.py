@@ -12,6 +12,8 @@ import re
 import time
 from pathlib import Path
 
+from lmscope.cli.common import model_from_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("patchscope", help="Patchscopes: decode a hidden state by patching it into a target prompt",
@@ -36,12 +38,11 @@ def _slug(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import lmscope as ls
     from lmscope.cli.lens import parse_layers, print_table
     from lmscope.lenses.patchscopes import PRESETS, patchscope_sweep
 
     t0 = time.time()
-    model = ls.load_tiny(args.tiny) if args.tiny else ls.load(args.model)
+    model = model_from_args(args)
     layers = parse_layers(args.layers, model.shape.n_layers)
     if args.target_prompt is None and args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")

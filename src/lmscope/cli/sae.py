@@ -14,6 +14,8 @@ import json
 import time
 from pathlib import Path
 
+from lmscope.cli.common import model_from_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sae", help="train, evaluate, explain and steer with sparse autoencoders")
@@ -72,9 +74,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _model(args: argparse.Namespace):
-    import lmscope as ls
-
-    return ls.load_tiny(args.tiny) if args.tiny else ls.load(args.model)
+    return model_from_args(args)
 
 
 def _chunks(model, n: int, seq_len: int, split: str):

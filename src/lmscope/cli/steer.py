@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lmscope.cli.common import model_from_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("steer", help="extract, apply, sweep and export steering vectors")
@@ -78,9 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _model(args: argparse.Namespace):
-    import lmscope as ls
-
-    return ls.load_tiny(args.tiny) if args.tiny else ls.load(args.model)
+    return model_from_args(args)
 
 
 def _load_vector(path: str, d_model: int | None = None):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from lmscope.cli.common import model_from_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tuned-lens", help="train / evaluate a tuned lens (Belrose et al. 2023)", description=__doc__,
@@ -53,11 +55,10 @@ def _compare(model, lens, windows: int, seq_len: int, out: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import lmscope as ls
     from lmscope.lenses.tuned_lens import FINAL, TunedLens, TunedLensConfig, train_tuned_lens
 
     t0 = time.time()
-    model = ls.load_tiny(args.tiny) if args.tiny else ls.load(args.model)
+    model = model_from_args(args)
     if args.action == "train":
         cfg = TunedLensConfig(train_tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
                               warmup_steps=args.warmup, checkpoint_every=args.checkpoint_every,
