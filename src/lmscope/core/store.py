@@ -288,8 +288,8 @@ def _progress(config: HarvestConfig, total: int, done: int) -> Any:
     return tqdm(total=total, initial=done, unit="tok", desc="harvest", unit_scale=True)
 
 
-def _read_verified(folder: Path, info: dict[str, Any]) -> bytes:
-    """A shard file's bytes after checking it exists, has the recorded size and sha256."""
+def _read_verified(folder: Path, info: dict[str, Any], *, check_hash: bool = True) -> bytes:
+    """A shard file's bytes after checking it exists, has the recorded size and (unless told not to) sha256."""
     import hashlib
 
     path = folder / info["file"]
@@ -298,6 +298,8 @@ def _read_verified(folder: Path, info: dict[str, Any]) -> bytes:
     data = path.read_bytes()
     if len(data) != info["bytes"]:
         raise ValueError(f"activation shard {path} is truncated or corrupt: {len(data)} bytes, manifest says {info['bytes']}")
+    if not check_hash:
+        return data
     digest = hashlib.sha256(data).hexdigest()
     if digest != info["sha256"]:
         raise ValueError(f"checksum mismatch for activation shard {path}: sha256 {digest[:16]}..., "
@@ -311,8 +313,10 @@ class ActivationStore:
 
     path: Path
     verify: bool = True
-    """Check every shard's size and sha256 when opening (each read is verified again regardless)."""
+    """Check every shard's size and sha256 when opening. Either way each file's sha256 is checked the first time
+    this store reads it; later reads of the same file check its size only (hashing every epoch is wasted I/O)."""
     manifest: dict[str, Any] = field(init=False)
+    _hashed: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -326,6 +330,7 @@ class ActivationStore:
             for info in entry["files"].values():
                 if self.verify:
                     _read_verified(self.path, info)
+                    self._hashed.add(info["file"])
                 elif not (self.path / info["file"]).is_file():
                     raise FileNotFoundError(f"activation shard missing: {self.path / info['file']}")
 
@@ -363,7 +368,9 @@ class ActivationStore:
     def _load(self, key: str, index: int) -> dict[str, Tensor]:
         from safetensors.torch import load
 
-        data = _read_verified(self.path, self.shards[index]["files"][key])
+        info = self.shards[index]["files"][key]
+        data = _read_verified(self.path, info, check_hash=info["file"] not in self._hashed)
+        self._hashed.add(info["file"])
         return load(data)
 
     def tokens(self) -> dict[str, Tensor]:
