@@ -112,13 +112,18 @@ def tokenize(
                     f"prompt {i} has {len(ids)} tokens, longer than the model's context window of {max_length}"
                 )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        pad_id = 0
-    width = max(len(ids) for ids in encoded)
-    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for i, ids in enumerate(encoded):
+    return pad_rows(encoded, 0 if pad_id is None else pad_id, padding_side=padding_side)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, *, padding_side: PaddingSide = "left") -> Batch:
+    """A :class:`Batch` from token-id rows of different lengths, padded with ``pad_id``."""
+    if not rows:
+        raise ValueError("no token rows to pad")
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, ids in enumerate(rows):
         span = slice(width - len(ids), width) if padding_side == "left" else slice(0, len(ids))
-        input_ids[i, span] = torch.tensor(ids, dtype=torch.long)
+        input_ids[i, span] = torch.tensor(list(ids), dtype=torch.long)
         mask[i, span] = 1
     return Batch(input_ids, mask, position_ids_from_mask(mask))

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from lmscope.core.hooks import capture
-from lmscope.core.inputs import Batch, position_ids_from_mask
+from lmscope.core.inputs import Batch, pad_rows
 from lmscope.core.model import Model
 from lmscope.icl.rank1 import _bos, _ids, contextual_block, weight_matrix
 
@@ -77,12 +77,7 @@ def _padded(rows: list[list[int]], pad_id: int, max_len: int | None = None) -> B
     width = max(len(r) for r in rows)
     if max_len is not None and width > max_len:
         raise ValueError(f"a prompt has {width} tokens, longer than the model's context window of {max_len}")
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r)
-        mask[i, width - len(r) :] = 1
-    return Batch(ids, mask, position_ids_from_mask(mask))
+    return pad_rows(rows, pad_id)
 
 
 def last_token_inputs(model: Model, rows: Sequence[Sequence[int]], layers: Sequence[int], *, batch_size: int = 16) -> Tensor:

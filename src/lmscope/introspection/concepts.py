@@ -30,7 +30,7 @@ from torch import Tensor
 
 from lmscope.core.datasets import load_json
 from lmscope.core.hooks import capture
-from lmscope.core.inputs import Batch, chat_text, position_ids_from_mask
+from lmscope.core.inputs import chat_text, pad_rows
 from lmscope.core.model import Model
 from lmscope.core.sites import Site
 
@@ -99,12 +99,7 @@ def read_acts(model: Model, ids_list: list[list[int]], where: list[int], layers:
     for s in range(0, len(ids_list), batch_size):
         chunk, pos = ids_list[s : s + batch_size], where[s : s + batch_size]
         width = max(len(x) for x in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, x in enumerate(chunk):
-            ids[i, width - len(x) :] = torch.tensor(x)
-            mask[i, width - len(x) :] = 1
-        batch = Batch(ids, mask, position_ids_from_mask(mask)).to(model.device)
+        batch = pad_rows(chunk, pad).to(model.device)
         idx = torch.tensor([width - len(x) + p for x, p in zip(chunk, pos, strict=True)], device=model.device)
         rows = torch.arange(len(chunk), device=model.device)
         with capture(model, sites, stop_early=True) as acts:

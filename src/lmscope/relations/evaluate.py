@@ -21,7 +21,7 @@ from torch import Tensor
 
 from lmscope.core import edits
 from lmscope.core.hooks import capture, intervene
-from lmscope.core.inputs import Batch, position_ids_from_mask
+from lmscope.core.inputs import Batch, pad_rows
 from lmscope.core.sites import Site
 
 from .lre import LRE, Prompting, Relation, _first_token, _prompt
@@ -53,15 +53,9 @@ class SubjectStates:
 def _batch(model: Model, rel: Relation, subjects: Sequence[str], p: Prompting) -> tuple[Batch, Tensor]:
     enc = [_prompt(model, rel, s, p) for s in subjects]
     width = max(len(ids) for ids, _ in enc)
-    pad = model.tokenizer.pad_token_id or 0
-    ids = torch.full((len(enc), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    pos = []
-    for i, (t, sp) in enumerate(enc):
-        ids[i, width - len(t) :] = torch.tensor(t)
-        mask[i, width - len(t) :] = 1
-        pos.append(width - len(t) + sp)
-    return Batch(ids, mask, position_ids_from_mask(mask)).to(model.device), torch.tensor(pos, device=model.device)
+    batch = pad_rows([t for t, _ in enc], model.tokenizer.pad_token_id or 0).to(model.device)
+    pos = [width - len(t) + sp for t, sp in enc]
+    return batch, torch.tensor(pos, device=model.device)
 
 
 @torch.no_grad()

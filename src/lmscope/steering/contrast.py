@@ -36,10 +36,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from lmscope.core.datasets import load_jsonl, read_jsonl
-from lmscope.core.inputs import Batch, chat_text, position_ids_from_mask
+from lmscope.core.inputs import Batch, chat_text, pad_rows
 
 Format = Literal["plain", "completion", "ab"]
 
@@ -126,14 +124,7 @@ def encode(tokenizer: Any, texts: list[str], *, templated: bool, max_length: int
             raise ValueError(f"text {i} encodes to no tokens")
         if max_length is not None and len(row) > max_length:
             raise ValueError(f"text {i} has {len(row)} tokens, longer than the context window of {max_length}")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(len(r) for r in ids)
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, row in enumerate(ids):
-        input_ids[i, width - len(row) :] = torch.tensor(row)
-        mask[i, width - len(row) :] = 1
-    return Batch(input_ids, mask, position_ids_from_mask(mask))
+    return pad_rows(ids, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
 
 def from_records(
