@@ -38,6 +38,7 @@ from lmscope.core.hooks import intervene
 from lmscope.core.inputs import Batch, position_ids_from_mask
 from lmscope.core.model import Model
 from lmscope.core.sites import Site
+from lmscope.core.text import mentions
 
 PREAMBLE = (
     "I am an interpretability researcher studying transformer-based language models like you. I have access to "
@@ -86,10 +87,7 @@ def claims_detection(answer: str) -> bool:
 
 def names_concept(answer: str, names: Sequence[str]) -> bool:
     """True when ``answer`` contains one of ``names`` as a whole word (case-insensitive)."""
-    if not names:
-        raise ValueError("names_concept needs at least one name")
-    pattern = r"\b(" + "|".join(re.escape(n.lower()) for n in names) + r")\b"
-    return re.search(pattern, answer.lower()) is not None
+    return mentions(answer, names)
 
 
 def grade(answer: str, names: Sequence[str]) -> Grade:

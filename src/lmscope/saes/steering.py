@@ -17,7 +17,6 @@ prompts unsteered.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,19 +25,12 @@ from lmscope.core import edits
 from lmscope.core.edits import Edit
 from lmscope.core.hooks import intervene
 from lmscope.core.sites import SiteLike
+from lmscope.core.text import mention_rate
 from lmscope.saes.metrics import check_site, clamp_latent
 from lmscope.saes.sae import SAE
 
 if TYPE_CHECKING:
     from lmscope.core.model import Model
-
-
-def mention_rate(texts: Sequence[str], words: Sequence[str]) -> float:
-    """Fraction of ``texts`` that contain at least one of ``words`` as a whole word (case-insensitive)."""
-    if not texts or not words:
-        raise ValueError("mention_rate needs at least one text and one concept word")
-    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
-    return sum(bool(pattern.search(t)) for t in texts) / len(texts)
 
 
 def steer_latent(model: Model, sae: SAE, latent: int, prompts: Sequence[str], *, strength: float, mode: str = "add",

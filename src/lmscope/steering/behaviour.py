@@ -25,7 +25,6 @@ All of them respect any intervention active around the call, which is how a swee
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,6 +34,9 @@ from torch import Tensor
 from lmscope.core.datasets import load_jsonl
 from lmscope.core.metrics import cross_entropy
 from lmscope.core.model import Model
+from lmscope.core.text import mention_rate as mention_rate  # re-exported: the behaviour metrics in one place
+from lmscope.core.text import mentions as mentions
+from lmscope.core.text import normalize_quotes
 from lmscope.steering.contrast import ContrastSet, Example, encode, render
 
 REFUSAL_PHRASES: tuple[str, ...] = (
@@ -49,13 +51,9 @@ REFUSAL_OPENINGS: tuple[str, ...] = ("I cannot", "I can't", "I'm sorry", "I apol
 """How a refusal begins; :func:`refusal_logprob` scores these as the first tokens of the answer."""
 
 
-def _norm_quotes(text: str) -> str:
-    return text.replace("\u2019", "'").replace("\u2018", "'")
-
-
 def is_refusal(text: str) -> bool:
     """True when ``text`` contains a refusal phrase (case-insensitive)."""
-    low = _norm_quotes(text).lower()
+    low = normalize_quotes(text).lower()
     return any(p in low for p in REFUSAL_PHRASES)
 
 
@@ -106,21 +104,6 @@ def sentiment_scores(texts: Sequence[str]) -> list[float]:
         raise ImportError("sentiment scoring needs vaderSentiment: pip install vaderSentiment") from exc
     analyzer = SentimentIntensityAnalyzer()
     return [float(analyzer.polarity_scores(t)["compound"]) for t in texts]
-
-
-def mentions(text: str, words: Sequence[str]) -> bool:
-    """True when ``text`` contains any of ``words`` as a whole word (case-insensitive)."""
-    if not words:
-        raise ValueError("mentions needs at least one word")
-    pattern = r"\b(" + "|".join(re.escape(w.lower()) for w in words) + r")\b"
-    return re.search(pattern, _norm_quotes(text).lower()) is not None
-
-
-def mention_rate(texts: Sequence[str], words: Sequence[str]) -> float:
-    """Share of ``texts`` that mention any of ``words``."""
-    if not texts:
-        raise ValueError("mention_rate needs at least one text")
-    return sum(mentions(t, words) for t in texts) / len(texts)
 
 
 @dataclass
