@@ -32,7 +32,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy src/lmscope/core
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q -x --durations=15
+	$(BIN)/python -m pytest -q --durations=15
 
 test: lint typecheck pytest
 

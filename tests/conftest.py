@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import random
 
 import pytest
 import torch
@@ -13,6 +15,21 @@ import lmscope as ls
 torch.set_num_threads(int(os.environ.get("LMSCOPE_THREADS", "2")))
 
 FAMILIES = list(ls.TINY_FAMILIES)
+
+
+@pytest.fixture(autouse=True)
+def _seeded(request: pytest.FixtureRequest) -> None:
+    """Every test starts from its own fixed seed (torch, random, numpy): no test input is drawn unseeded,
+    and a test's draws do not depend on which tests ran before it."""
+    seed = int.from_bytes(hashlib.sha256(request.node.nodeid.encode()).digest()[:4], "little")
+    torch.manual_seed(seed)
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # pragma: no cover - numpy comes with torch's extras
+        pass
 
 
 @pytest.fixture(scope="session", params=FAMILIES)

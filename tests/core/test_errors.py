@@ -159,7 +159,7 @@ def test_other_edit_misuse(tiny_llama: ls.Model) -> None:
     batch = tiny_llama.tokenize(PROMPTS)
     with pytest.raises(ValueError, match="positions must be one of"):
         edits.add(torch.ones(64), positions="last")
-    with pytest.raises(ValueError, match="1-D integer"):
+    with pytest.raises(ValueError, match="1-D LongTensor"):
         edits.add(torch.ones(64), positions=torch.tensor([[1]]))
     with pytest.raises(ValueError, match="rows but the batch has"):
         with ls.intervene(tiny_llama, {Site("resid_post", 0): edits.add(torch.ones(64), positions=torch.tensor([1, 2]))}):

@@ -8,7 +8,8 @@ applied by :func:`lmscope.intervene`. Every edit says which token positions it t
   length under ``Model.generate``; otherwise the length of the first forward pass in the context);
 - an ``int`` or a sequence of ints: those absolute positions (negative ints count from the end of
   the current forward pass, so they are only meaningful without a KV cache);
-- a 1-D LongTensor of shape (batch,): one absolute position per row (e.g. each row's last token).
+- a 1-D LongTensor of shape (batch,): one absolute position per row (e.g. each row's last token);
+  ``-1`` leaves that row untouched.
 
 Positions are absolute indices into the (padded) sequence, computed from the KV cache length, so
 an edit touches the same tokens with and without the cache. ``index`` selects features of the
@@ -22,6 +23,7 @@ last axis (neurons of ``mlp_post``, latents, dimensions); heads are chosen with 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -40,13 +42,54 @@ def check_finite(t: Tensor, name: str) -> None:
             raise ValueError(f"{name} contains {bad} NaN/Inf value(s) out of {t.numel()}")
 
 
+def check_number(value: object, name: str) -> float:
+    """A finite real number (not a bool, not a tensor of several values), or an error naming ``name``."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _is_int(p: object) -> bool:
+    return isinstance(p, int) and not isinstance(p, bool)
+
+
 def _check_positions(positions: Positions) -> None:
+    hint = f"positions must be one of {_NAMED_POSITIONS}, an int, a list of ints or a 1-D LongTensor (one per row)"
     if isinstance(positions, str):
         if positions not in _NAMED_POSITIONS:
-            raise ValueError(f"positions must be one of {_NAMED_POSITIONS}, ints or a LongTensor, got {positions!r}")
+            raise ValueError(f"{hint}; got {positions!r}")
     elif isinstance(positions, Tensor):
         if positions.dim() != 1 or positions.dtype not in (torch.int64, torch.int32):
-            raise ValueError("per-row positions must be a 1-D integer tensor of shape (batch,)")
+            raise ValueError(f"{hint}; got a tensor of shape {tuple(positions.shape)} and dtype {positions.dtype}")
+        if bool((positions < -1).any()):
+            raise ValueError(f"per-row positions are absolute (>= 0, or -1 for a row to leave alone), got "
+                             f"{positions.tolist()}")  # fmt: skip
+    elif _is_int(positions):
+        pass
+    elif isinstance(positions, Sequence):
+        bad = [p for p in positions if not _is_int(p)]
+        if bad or len(positions) == 0:
+            raise TypeError(f"{hint}; got {list(positions)!r}" + (f" ({bad[0]!r} is not an int)" if bad else " (empty)"))
+    else:
+        raise TypeError(f"{hint}; got {type(positions).__name__} {positions!r}")
+
+
+def _check_index(index: object) -> None:
+    if index is None:
+        return
+    if isinstance(index, Tensor):
+        if index.dim() != 1 or index.is_floating_point() or index.dtype == torch.bool:
+            raise TypeError(f"index must be a 1-D integer tensor or a list of ints, got {index.dtype} {tuple(index.shape)}")
+        return
+    if isinstance(index, (str, bytes)) or not isinstance(index, Sequence):
+        raise TypeError(f"index must be a list of ints or a 1-D integer tensor, got {type(index).__name__} {index!r}")
+    bad = [i for i in index if not _is_int(i)]
+    if bad or len(index) == 0:
+        raise TypeError(f"index must be a non-empty list of ints, got {list(index)!r}")
 
 
 def position_mask(positions: Positions, pos: Tensor, prompt_len: int, batch: int) -> Tensor | None:
@@ -80,6 +123,7 @@ class Edit:
 
     def __post_init__(self) -> None:
         _check_positions(self.positions)
+        _check_index(self.index)
 
     def apply(self, x: Tensor, pos: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -88,8 +132,34 @@ class Edit:
         """The width of the last axis this edit needs, if it carries a vector."""
         return None
 
-    def validate(self, width: int, site_name: str) -> None:
-        """Raise before any hook is registered if this edit cannot apply to a site of ``width``."""
+    def never_reached(self, max_end: int, max_seq: int) -> list[int] | None:
+        """This edit's explicit positions when none of them existed in any pass, else None.
+
+        ``max_end`` is one past the furthest absolute position any pass reached, ``max_seq`` the
+        longest single pass (negative positions count from the end of a pass). Named positions
+        ("all", "prompt", "generated") are never reported.
+        """
+        if isinstance(self.positions, str):
+            return None
+        wanted = ([p for p in self.positions.tolist() if p != -1] if isinstance(self.positions, Tensor)
+                  else [self.positions] if isinstance(self.positions, int) else list(self.positions))  # fmt: skip
+        hit = [p for p in wanted if (0 <= p < max_end) or (p < 0 and -p <= max_seq)]
+        return None if hit or not wanted else wanted
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The tensors this edit carries, by name (checked against the model's dtype)."""
+        return {}
+
+    def validate(self, width: int, site_name: str, *, dtype: torch.dtype | None = None) -> None:
+        """Raise before any hook is registered if this edit cannot apply to a site of ``width``.
+
+        With ``dtype`` (the model's), the carried tensors must stay finite once cast to it: a
+        float64 vector of 1e300 is finite, and inf in float32.
+        """
+        if dtype is not None and dtype.is_floating_point:
+            for name, t in self.tensors().items():
+                if t.is_floating_point():
+                    check_finite(t.to(dtype), f"{name} of the {type(self).__name__} edit at {site_name} (as {dtype})")
         need = self.expected_width()
         if need is not None:
             got = width if self.index is None else len(self._index_list())
@@ -128,9 +198,16 @@ class Edit:
 
 
 def _vector(v: Tensor | float | Sequence[float], name: str) -> Tensor:
-    t = torch.as_tensor(v)
+    if v is None:
+        raise TypeError(f"{name} is None; give a tensor (or a list of floats)")
+    try:
+        t = torch.as_tensor(v)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be a tensor or a list of numbers, got {type(v).__name__}: {exc}") from exc
+    if not (t.is_floating_point() or t.dtype in (torch.int64, torch.int32)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
     check_finite(t, name)
-    return t
+    return t if t.is_floating_point() else t.float()
 
 
 @dataclass
@@ -145,6 +222,10 @@ class Add(Edit):
         self.vector = _vector(self.vector, "steering vector")
         if self.vector.dim() != 1:
             raise ValueError(f"an added vector must be 1-D, got shape {tuple(self.vector.shape)}")
+        self.scale = check_number(self.scale, "scale")
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"scale * vector": self.scale * self.vector.double()}
 
     def expected_width(self) -> int | None:
         return self.vector.shape[0]
@@ -161,6 +242,10 @@ class Scale(Edit):
 
     factor: float = 1.0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.factor = check_number(self.factor, "factor")
+
     def apply(self, x: Tensor, pos: Tensor) -> Tensor:
         return x * self.factor
 
@@ -174,6 +259,10 @@ class Replace(Edit):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.value = _vector(self.value, "replacement value")
+
+    def tensors(self) -> dict[str, Tensor]:
+        assert isinstance(self.value, Tensor)
+        return {"value": self.value}
 
     def expected_width(self) -> int | None:
         assert isinstance(self.value, Tensor)
@@ -200,6 +289,11 @@ class Resample(Edit):
         check_finite(self.pool, "resample pool")
         if self.pool.dim() != 2 or self.pool.shape[0] == 0:
             raise ValueError(f"resample pool must be (n, width) with n > 0, got {tuple(self.pool.shape)}")
+        if _is_int(self.seed) is False:
+            raise TypeError(f"seed must be an int, got {self.seed!r}")
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"pool": self.pool}
 
     def expected_width(self) -> int | None:
         return self.pool.shape[1]
@@ -228,6 +322,9 @@ class ProjectOut(Edit):
             raise ValueError("project_out needs a non-zero 1-D direction")
         self.direction = d / norm
 
+    def tensors(self) -> dict[str, Tensor]:
+        return {"direction": self.direction}
+
     def expected_width(self) -> int | None:
         return self.direction.shape[0]
 
@@ -248,6 +345,11 @@ class Patch(Edit):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_finite(self.source, "patch source")
+        if self.source.dim() < 2:
+            raise ValueError(f"patch source must be (batch or 1, seq, ...), got shape {tuple(self.source.shape)}")
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"source": self.source}
 
     def expected_width(self) -> int | None:
         return self.source.shape[-1]
@@ -268,10 +370,20 @@ class Custom(Edit):
 
     fn: Callable[[Tensor], Tensor] = field(default=lambda x: x)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not callable(self.fn):
+            raise TypeError(f"custom edit needs a function fn(x) -> x, got {type(self.fn).__name__}")
+
     def apply(self, x: Tensor, pos: Tensor) -> Tensor:
         out = self.fn(x)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"custom edit returned {type(out).__name__}, not a tensor")
         if out.shape != x.shape:
             raise ValueError(f"custom edit returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
+        if out.dtype != x.dtype:
+            raise TypeError(f"custom edit returned {out.dtype} for a {x.dtype} input; a cast would change the values "
+                            "(int truncates): return x's dtype, e.g. with .to(x.dtype)")  # fmt: skip
         return out
 
 
@@ -281,9 +393,22 @@ class Chain(Edit):
 
     edits: Sequence[Edit] = ()
 
-    def validate(self, width: int, site_name: str) -> None:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for i, e in enumerate(self.edits):
+            if not isinstance(e, Edit):
+                raise TypeError(f"chain item {i} must be an lmscope Edit, got {type(e).__name__}")
+
+    def validate(self, width: int, site_name: str, *, dtype: torch.dtype | None = None) -> None:
         for e in self.edits:
-            e.validate(width, site_name)
+            e.validate(width, site_name, dtype=dtype)
+
+    def never_reached(self, max_end: int, max_seq: int) -> list[int] | None:
+        for e in self.edits:
+            missing = e.never_reached(max_end, max_seq)
+            if missing is not None:
+                return missing
+        return None
 
     def __call__(self, x: Tensor, pos: Tensor, prompt_len: int) -> Tensor:
         for e in self.edits:
@@ -294,7 +419,7 @@ class Chain(Edit):
 # Lower-case constructors: the public, readable spelling (ls.edits.add(v, scale=4.0)).
 def add(vector: Tensor | Sequence[float], scale: float = 1.0, *, positions: Positions = "all", index=None) -> Add:
     """Add ``scale * vector``."""
-    return Add(vector=torch.as_tensor(vector), scale=scale, positions=positions, index=index)
+    return Add(vector=vector, scale=scale, positions=positions, index=index)  # type: ignore[arg-type]
 
 
 def scale(factor: float, *, positions: Positions = "all", index=None) -> Scale:

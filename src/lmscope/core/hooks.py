@@ -20,9 +20,11 @@ an inner ``intervene`` applies its edit after the outer one's (a steer inside a 
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,8 +54,109 @@ class HookRecord:
 
 
 def active_hooks(model: Model) -> list[HookRecord]:
-    """The hooks lmscope currently has attached to ``model`` (empty outside any context)."""
-    return list(model._hook_records)
+    """The hooks lmscope currently has attached to ``model`` (empty outside any context).
+
+    Read from the modules' own hook dicts (and the tensor hooks of open contexts), not from a
+    side list, so a hook that is still attached is always reported.
+    """
+    found: list[HookRecord] = []
+    for module in model.hf.modules():
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            found += [fn.__lmscope__ for fn in hooks.values() if hasattr(fn, "__lmscope__")]
+    for handles in list(model._contexts):
+        found += handles.live_tensor_hooks()
+    return found
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it once the block is done.
+
+    Registering and removing hooks must not stop halfway: a KeyboardInterrupt inside
+    ``handle.remove`` would leave a hook attached. Only the main thread receives signals.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            else:
+                raise KeyboardInterrupt
+
+
+class _Handles:
+    """The hooks one context made, bound to the thread that opened it.
+
+    Hooks act only on forward passes run by that thread (like ``torch.no_grad``, an lmscope
+    context is thread-local): a plain forward in another thread, or another thread's own
+    context, never sees them. ``close`` removes every handle exactly once, finishing the job
+    even when a KeyboardInterrupt lands inside it (the interrupt is raised once all are gone).
+    The hooks hold their context weakly and do nothing once it is closed or gone.
+    """
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.thread = threading.get_ident()
+        self.open = True
+        self.handles: list[Any] = []
+        self.tensor_handles: list[tuple[HookRecord, Any]] = []
+        model._contexts.add(self)
+
+    def guard(self, fn: Any, record: HookRecord) -> Any:
+        ref = weakref.ref(self)
+
+        def hook(*args: Any) -> Any:
+            me = ref()
+            if me is None or not me.open or threading.get_ident() != me.thread:
+                return None
+            return fn(*args)
+
+        hook.__lmscope__ = record  # type: ignore[attr-defined]
+        return hook
+
+    def add_tensor_hook(self, tensor: Tensor, fn: Any, record: HookRecord) -> None:
+        self.tensor_handles.append((record, tensor.register_hook(fn)))
+
+    def live_tensor_hooks(self) -> list[HookRecord]:
+        live = []
+        for record, handle in self.tensor_handles:
+            hooks = handle.hooks_dict_ref()
+            if hooks is not None and handle.id in hooks:
+                live.append(record)
+        return live
+
+    def close(self) -> None:
+        self.open = False
+        with _interrupts_deferred():
+            pending: BaseException | None = None
+            todo = [h for _, h in self.tensor_handles] + self.handles
+            while todo:  # retry until done: an interrupt inside remove() must not leave a hook attached
+                try:
+                    todo[-1].remove()  # idempotent
+                    todo.pop()
+                except KeyboardInterrupt as exc:
+                    pending = exc
+            self.handles.clear()
+            self.tensor_handles.clear()
+            edit_ids = self.model._edit_hook_ids
+            for h in self._edit_ids:
+                edit_ids.discard(h)
+            self.model._contexts.discard(self)
+            if pending is not None:
+                raise pending
+
+    _edit_ids: tuple[int, ...] = ()
 
 
 class _PassInfo:
@@ -63,12 +166,14 @@ class _PassInfo:
         self.offset = 0
         self.seq = 0
         self.first_len: int | None = None
+        self.max_end = 0  # the furthest absolute position any pass in the context reached, plus one
+        self.max_seq = 0  # the longest single pass
 
     def positions(self, device: torch.device) -> Tensor:
         return torch.arange(self.offset, self.offset + self.seq, device=device)
 
 
-def _track_passes(model: Model, stack: ExitStack) -> _PassInfo:
+def _track_passes(model: Model, hooks: _Handles) -> _PassInfo:
     info = _PassInfo()
 
     def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -82,31 +187,44 @@ def _track_passes(model: Model, stack: ExitStack) -> _PassInfo:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         info.offset = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
         info.seq = x.shape[1]
+        info.max_end = max(info.max_end, info.offset + info.seq)
+        info.max_seq = max(info.max_seq, info.seq)
         if info.first_len is None:
             info.first_len = info.offset + info.seq
 
-    _register(model, model.base, pre, "input", stack, owner="positions", site="(pass)", prepend=True)
+    _register(model, model.base, pre, "input", hooks, owner="positions", site="(pass)", prepend=True)
     return info
 
 
 def _register(
-    model: Model, module: nn.Module, fn: Any, point: str, stack: ExitStack, *, owner: str, site: str, prepend: bool
+    model: Model, module: nn.Module, fn: Any, point: str, hooks: _Handles, *, owner: str, site: str, prepend: bool
 ) -> None:
+    record = HookRecord(owner, site, model.module_name(module))
+    fn = hooks.guard(fn, record)
     if point == "input":
         handle = module.register_forward_pre_hook(fn, with_kwargs=True, prepend=prepend)
-        hooks = module._forward_pre_hooks
+        hook_dict = module._forward_pre_hooks
     else:
         handle = module.register_forward_hook(fn, prepend=prepend)
-        hooks = module._forward_hooks
-    record = HookRecord(owner, site, model.module_name(module))
-    model._hook_records.append(record)
-    stack.callback(_forget, model._hook_records, record)
-    stack.callback(handle.remove)
+        hook_dict = module._forward_hooks
+    hooks.handles.append(handle)
     if owner == "intervene" and prepend:
-        edit_ids: set[int] = model.__dict__.setdefault("_edit_hook_ids", set())
-        edit_ids.add(handle.id)
-        stack.callback(edit_ids.discard, handle.id)
-        _edits_first_in_order(hooks, edit_ids)
+        model._edit_hook_ids.add(handle.id)
+        hooks._edit_ids = (*hooks._edit_ids, handle.id)
+        _edits_first_in_order(hook_dict, model._edit_hook_ids)
+
+
+@contextmanager
+def _hook_scope(model: Model) -> Iterator[_Handles]:
+    """A fresh set of thread-bound hooks, closed however the block ends."""
+    hooks: _Handles | None = None
+    try:
+        with _interrupts_deferred():
+            hooks = _Handles(model)
+        yield hooks
+    finally:
+        if hooks is not None:
+            hooks.close()
 
 
 def _edits_first_in_order(hooks: Any, edit_ids: set[int]) -> None:
@@ -115,14 +233,6 @@ def _edits_first_in_order(hooks: Any, edit_ids: set[int]) -> None:
     rest = [k for k in hooks if k not in edit_ids]
     for k in ours + rest:
         hooks.move_to_end(k)
-
-
-def _forget(records: list[HookRecord], record: HookRecord) -> None:
-    """Remove this very record (records of nested contexts can be equal but are distinct)."""
-    for i, r in enumerate(records):
-        if r is record:
-            del records[i]
-            return
 
 
 def _raw(point: str, idx: int, args: tuple, kwargs: dict, output: Any) -> Tensor:
@@ -229,43 +339,51 @@ def capture(
     max_depth = max(s.depth(model.shape.n_layers) for s in wanted)
     deepest = {s for s in wanted if s.depth(model.shape.n_layers) == max_depth}
     deep_seen: set[Site] = set()
-    with ExitStack() as stack:
-        info = _track_passes(model, stack)
-        for site in wanted:
-            _check_pattern(model, site)
-            access = resolve(model, site)
-            read = access.read
-            if grads:  # the hook gets the raw tensor: a gradient hook must sit on what the model itself uses
-                access = dataclasses.replace(access, read=lambda t: t)
-
-            def record(t: Tensor, site: Site = site, read: Any = read) -> None:
-                value = t if (grads or not detach) else t.detach()
-                if grads:
-                    if not value.requires_grad:
-                        raise RuntimeError(f"cannot record gradients at {site}: it does not require grad")
-                    # A hook on a view made here (a head, a slice of fused qkv) would never fire: the view
-                    # is not on the path to the loss. Hook the raw tensor and read the site from its gradient.
-                    value.register_hook(_grad_recorder(acts, site, read))
-                    value = read(value)
-                else:
-                    value = _owned(value)
-                if device is not None:
-                    value = value.to(device)
-                acts._store(site, value, append=info.offset > 0)
-                if stop_early and site in deepest:
-                    deep_seen.add(site)
-                if stop_early and deep_seen == deepest:
-                    deep_seen.clear()
-                    raise StopForward(str(site))
-
-            _register(
-                model, access.module, _site_hook(access, record), access.point, stack,
-                owner="capture", site=str(site), prepend=False,
-            )  # fmt: skip
+    with _hook_scope(model) as hooks:
+        with _interrupts_deferred():
+            info = _track_passes(model, hooks)
+            for site in wanted:
+                _register_capture(model, site, acts, info, hooks, detach=detach, device=device, grads=grads,
+                                  stop_early=stop_early, deepest=deepest, deep_seen=deep_seen)  # fmt: skip
         try:
             yield acts
         except StopForward:
             pass
+
+
+def _register_capture(model: Model, site: Site, acts: ActivationCache, info: _PassInfo, hooks: _Handles, *,
+                      detach: bool, device: Any, grads: bool, stop_early: bool, deepest: set[Site],
+                      deep_seen: set[Site]) -> None:  # fmt: skip
+    _check_pattern(model, site)
+    access = resolve(model, site)
+    read = access.read
+    if grads:  # the hook gets the raw tensor: a gradient hook must sit on what the model itself uses
+        access = dataclasses.replace(access, read=lambda t: t)
+
+    def record(t: Tensor, site: Site = site, read: Any = read) -> None:
+        value = t if (grads or not detach) else t.detach()
+        if grads:
+            if not value.requires_grad:
+                raise RuntimeError(f"cannot record gradients at {site}: it does not require grad")
+            # A hook on a view made here (a head, a slice of fused qkv) would never fire: the view
+            # is not on the path to the loss. Hook the raw tensor and read the site from its gradient.
+            hooks.add_tensor_hook(value, _grad_recorder(acts, site, read), HookRecord("grad", str(site), "tensor"))
+            value = read(value)
+        else:
+            value = _owned(value)
+        if device is not None:
+            value = value.to(device)
+        acts._store(site, value, append=info.offset > 0)
+        if stop_early and site in deepest:
+            deep_seen.add(site)
+        if stop_early and deep_seen == deepest:
+            deep_seen.clear()
+            raise StopForward(str(site))
+
+    _register(
+        model, access.module, _site_hook(access, record), access.point, hooks,
+        owner="capture", site=str(site), prepend=False,
+    )  # fmt: skip
 
 
 @contextmanager
@@ -285,34 +403,64 @@ def intervene(model: Model, edits: Mapping[SiteLike, Edit | Sequence[Edit]]) -> 
         edit = value if isinstance(value, Edit) else Chain(edits=items)
         if site.kind == "attn_pattern":
             raise NotImplementedError(f"{site} is read-only: editing the returned pattern would not change the output")
-        access = resolve(model, site)
-        edit.validate(model.site_width(site), str(site))
+        resolve(model, site)
+        edit.validate(model.site_width(site), str(site), dtype=model.dtype)
         plan.append((site, edit))
-    with ExitStack() as stack:
-        info = _track_passes(model, stack)
-
-        def prompt_len() -> int:
-            if model._prompt_len is not None:
-                return model._prompt_len
-            return info.first_len if info.first_len is not None else 0
-
-        for site, edit in plan:
-            if site.kind == "resid_mid":
-                _register_resid_mid(model, site, edit, info, prompt_len, stack)
-                continue
-            access = resolve(model, site)
-
-            def apply(t: Tensor, edit: Edit = edit) -> Tensor:
-                return edit(t, info.positions(t.device), prompt_len())
-
-            _register(
-                model, access.module, _site_hook(access, apply), access.point, stack,
-                owner="intervene", site=str(site), prepend=True,
-            )  # fmt: skip
+    with _hook_scope(model) as hooks:
+        with _interrupts_deferred():
+            info = _register_edits(model, plan, hooks)
         yield
+        # Reached only when the block ends normally: an edit whose explicit positions no pass ever
+        # reached did nothing, which is a wrong experiment, not a quiet success.
+        if info.max_end:
+            for site, edit in plan:
+                missing = edit.never_reached(info.max_end, info.max_seq)
+                if missing is not None:
+                    shown = missing if len(missing) <= 8 else [*missing[:8], "..."]
+                    raise IndexError(
+                        f"the edit at {site} asks for positions {shown}, but no forward pass in this block had any of "
+                        f"them (sequences reached positions 0..{info.max_end - 1}); the edit changed nothing"
+                    )
 
 
-def _register_resid_mid(model: Model, site: Site, edit: Edit, info: _PassInfo, prompt_len, stack: ExitStack) -> None:
+def _checked(edit: Edit, site: Site, info: _PassInfo, prompt_len: Any) -> Any:
+    """The edit applied at the current pass's positions; its result must match the site's shape, dtype, device."""
+
+    def apply(t: Tensor) -> Tensor:
+        new = edit(t, info.positions(t.device), prompt_len())
+        if not isinstance(new, Tensor) or new.shape != t.shape or new.dtype != t.dtype or new.device != t.device:
+            got = (f"{type(new).__name__}" if not isinstance(new, Tensor)
+                   else f"shape {tuple(new.shape)}, {new.dtype}, on {new.device}")  # fmt: skip
+            raise TypeError(
+                f"the {type(edit).__name__} edit at {site} returned {got}; the site holds shape {tuple(t.shape)}, "
+                f"{t.dtype}, on {t.device} (an edit must return a tensor like its input; cast with .to(x.dtype))"
+            )
+        return new
+
+    return apply
+
+
+def _register_edits(model: Model, plan: list[tuple[Site, Edit]], hooks: _Handles) -> _PassInfo:
+    info = _track_passes(model, hooks)
+
+    def prompt_len() -> int:
+        if model._prompt_len is not None:
+            return model._prompt_len
+        return info.first_len if info.first_len is not None else 0
+
+    for site, edit in plan:
+        if site.kind == "resid_mid":
+            _register_resid_mid(model, site, _checked(edit, site, info, prompt_len), hooks)
+            continue
+        access = resolve(model, site)
+        _register(
+            model, access.module, _site_hook(access, _checked(edit, site, info, prompt_len)), access.point, hooks,
+            owner="intervene", site=str(site), prepend=True,
+        )  # fmt: skip
+    return info
+
+
+def _register_resid_mid(model: Model, site: Site, apply: Any, hooks: _Handles) -> None:
     """Edit resid_mid by adding (edited - original) to attention's contribution.
 
     The residual after attention is resid_pre + attn_out; HF keeps it in a local variable, so the
@@ -327,13 +475,12 @@ def _register_resid_mid(model: Model, site: Site, edit: Edit, info: _PassInfo, p
 
     def redirect(out: Tensor) -> Tensor:
         mid = seen["pre"] + out
-        new = edit(mid, info.positions(out.device), prompt_len())
-        return out + (new - mid)
+        return out + (apply(mid) - mid)
 
     # Appended, so it sees the block input after every edit of resid_pre (prepended), whichever context made it.
-    _register(model, layer, keep, "input", stack, owner="intervene", site=str(site), prepend=False)
+    _register(model, layer, keep, "input", hooks, owner="intervene", site=str(site), prepend=False)
     _register(
-        model, attn_out.module, _site_hook(attn_out, redirect), "output", stack,
+        model, attn_out.module, _site_hook(attn_out, redirect), "output", hooks,
         owner="intervene", site=str(site), prepend=True,
     )  # fmt: skip
 

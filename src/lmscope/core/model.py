@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lmscope.core.architectures import Architecture, architecture_for, get_module
-from lmscope.core.hooks import HookRecord, StopForward
+from lmscope.core.hooks import StopForward
 from lmscope.core.inputs import Batch, PaddingSide, tokenize
 from lmscope.core.sites import ALL_KINDS, HEAD_KINDS, Site, SiteLike, as_site
 
@@ -73,8 +75,9 @@ class Model:
         self.layers: nn.ModuleList = get_module(hf, self.arch.layers)  # type: ignore[assignment]
         self.base = get_module(hf, self.arch.layers.rsplit(".", 1)[0]) if "." in self.arch.layers else hf
         self._names = {id(m): n for n, m in hf.named_modules()}
-        self._hook_records: list[HookRecord] = []
-        self._prompt_len: int | None = None
+        self._contexts: weakref.WeakSet[Any] = weakref.WeakSet()  # open lmscope hook contexts (any thread)
+        self._edit_hook_ids: set[int] = set()
+        self._local = threading.local()  # per-thread state: contexts are thread-local (see hooks.py)
         if tokenizer is not None and tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -239,13 +242,18 @@ class Model:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
+    @property
+    def _prompt_len(self) -> int | None:
+        """The padded prompt length of the ``generate`` call running in this thread, if any."""
+        return getattr(self._local, "prompt_len", None)
+
     @contextmanager
     def _prompt_length(self, n: int) -> Iterator[None]:
-        previous, self._prompt_len = self._prompt_len, n
+        previous, self._local.prompt_len = self._prompt_len, n
         try:
             yield
         finally:
-            self._prompt_len = previous
+            self._local.prompt_len = previous
 
     def generate(
         self,
