@@ -1,4 +1,5 @@
-"""DESIGN.md's dependency rule: a method family imports lmscope.core, never a sibling family."""
+"""DESIGN.md's dependency rule: core imports nothing above it; the substrate (lmscope.experiments) imports
+core; a method family imports core and the substrate, never a sibling family."""
 
 from __future__ import annotations
 
@@ -31,18 +32,36 @@ def test_families_import_only_core() -> None:
         for path in (SRC / family).rglob("*.py") if (SRC / family).exists() else []:
             for name in _imports(path):
                 parts = name.split(".")
-                if parts[0] == "lmscope" and len(parts) > 1 and parts[1] != family and parts[1] != "core":
+                if parts[0] == "lmscope" and len(parts) > 1 and parts[1] not in (family, "core", "experiments"):
                     offences.append(f"{path.relative_to(SRC)} imports {name}")
                 if name == "lmscope":
                     offences.append(f"{path.relative_to(SRC)} imports the top-level lmscope package")
     assert offences == [], offences
 
 
-def test_core_imports_no_family() -> None:
-    offences = [
+def _floor_offences(floor: str, allowed: tuple[str, ...]) -> list[str]:
+    """Imports of lmscope from files under ``floor`` that reach outside ``allowed`` (the bare package root included,
+    also when imported inside a function)."""
+    return [
         f"{p.relative_to(SRC)} imports {n}"
-        for p in (SRC / "core").rglob("*.py")
+        for p in (SRC / floor).rglob("*.py")
         for n in _imports(p)
-        if n.startswith("lmscope.") and n.split(".")[1] not in ("core",)
+        if n == "lmscope" or (n.startswith("lmscope.") and n.split(".")[1] not in allowed)
     ]
+
+
+def test_core_imports_nothing_above_it() -> None:
+    offences = _floor_offences("core", ("core",))
     assert offences == [], offences
+
+
+def test_substrate_imports_only_core() -> None:
+    offences = _floor_offences("experiments", ("core", "experiments"))
+    assert offences == [], offences
+
+
+def test_the_rule_sees_an_upward_import_inside_a_function(tmp_path) -> None:
+    """The check has teeth: ``from lmscope import __version__`` inside a function is found."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from lmscope import __version__\n    return __version__\n")
+    assert "lmscope" in _imports(probe)

@@ -32,7 +32,7 @@ from lmscope.core import (
 )  # fmt: skip
 from lmscope.lenses import LogitLensResult, logit_lens
 
-__version__ = "0.1.0"
+from lmscope.core.version import LMSCOPE_VERSION as __version__
 
 __all__ = [
     "ARCHITECTURES", "ActivationCache", "Architecture", "Batch", "HookRecord", "Model", "ModelShape",

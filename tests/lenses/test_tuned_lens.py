@@ -53,7 +53,7 @@ def test_checkpoint_resume_equals_uninterrupted_and_artifact_round_trips(tiny_ll
     assert torch.equal(loaded.weight, straight.weight) and torch.equal(loaded.bias, straight.bias)
     prov = loaded.meta["provenance"]
     assert prov["weight_hash"] == tiny_llama.weight_hash and prov["site"] == "resid_post" and prov["dataset_hash"]
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ValueError, match="config.lr was 0.01, now 0.5"):
         train_tuned_lens(tiny_llama, TunedLensConfig(**{**SMALL.__dict__, "lr": 0.5}), out=tmp_path / "b", progress=False)
     with pytest.warns(UserWarning, match="other weights"):
         TunedLens.load(tmp_path / "b" / FINAL, ls.load_tiny("llama", seed=1))

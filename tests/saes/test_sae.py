@@ -120,7 +120,7 @@ def test_resume_refuses_a_different_shape(tmp_path) -> None:
     x = torch.randn(600, 8)
     tcfg = TrainConfig(total_tokens=640, batch_size=64, checkpoint_every=2, progress=False, init_tokens=64)
     train_sae(TensorSource(x), SAEConfig("topk", 8, 16, k=2), tcfg, out_dir=tmp_path, stop_after=4)
-    with pytest.raises(ValueError, match="d_sae"):
+    with pytest.raises(ValueError, match="config.sae.d_sae was"):
         train_sae(TensorSource(x), SAEConfig("topk", 8, 32, k=2), tcfg, out_dir=tmp_path)
 
 

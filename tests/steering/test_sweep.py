@@ -36,7 +36,8 @@ def test_sweep_cells_match_direct_steering(tiny_llama, tmp_path) -> None:
     def boom(model) -> float:
         raise AssertionError("a resumed sweep must not recompute finished cells")
 
-    again = sweep(m, vec, boom, layers=[0, 1], scales=[0.0, 3.0], capability=cap, checkpoint=ck, progress=None)
+    again = sweep(m, vec, boom, layers=[0, 1], scales=[0.0, 3.0], capability=cap, checkpoint=ck, progress=None,
+                  extra={"twice": boom})  # fmt: skip
     assert again.rows() == res.rows()
     best = res.best(goal=1, max_ppl_ratio=1e9)
     assert best is not None and best.behaviour == max(c.behaviour for c in res.cells)

@@ -153,7 +153,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     res = sweep(model, vec, r.fn, layers=args.layers, scales=args.scales, positions=args.positions,
                 capability=Capability.default(args.n_capability, args.n_capability), behaviour_name=r.name,
-                checkpoint=out / "checkpoint.json")  # fmt: skip
+                checkpoint=out / "checkpoint.json", behaviour_data=r.data)  # fmt: skip
     res.meta["description"] = r.description
     res.write(out, goal=r.goal)
     best = res.best(r.goal)

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmscope.experiments.tour import RECIPES, run_tour
+    from lmscope.tour import RECIPES, run_tour
 
     if args.list:
         for r in RECIPES:

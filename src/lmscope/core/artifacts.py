@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from lmscope.core.edits import check_finite
+from lmscope.core.version import LMSCOPE_VERSION
 
 if TYPE_CHECKING:
     from lmscope.core.model import Model
@@ -45,15 +46,13 @@ class Provenance:
     def of(cls, model: Model | None = None, *, site: object = None, layer: int | None = None,
            dataset: object = None, **extra: Any) -> Provenance:  # fmt: skip
         """Provenance for an artifact computed from ``model`` at ``site`` on ``dataset``."""
-        from lmscope import __version__
-
         return cls(
             model_id=None if model is None else model.model_id,
             weight_hash=None if model is None else model.weight_hash,
             site=None if site is None else str(site),
             layer=layer,
             dataset_hash=None if dataset is None else dataset_hash(dataset),
-            lmscope_version=__version__,
+            lmscope_version=LMSCOPE_VERSION,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             extra=extra,
         )

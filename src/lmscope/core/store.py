@@ -55,6 +55,7 @@ from lmscope.core.corpus import Split, describe_corpus, token_chunks
 from lmscope.core.edits import check_finite
 from lmscope.core.hooks import capture
 from lmscope.core.sites import Site, as_site
+from lmscope.core.version import LMSCOPE_VERSION
 
 if TYPE_CHECKING:
     from lmscope.core.model import Model
@@ -165,8 +166,6 @@ def _write_tensors(folder: Path, rel: str, tensors: dict[str, Tensor]) -> dict[s
 
 def _settings(model: Model, config: HarvestConfig) -> dict[str, Any]:
     """Everything that determines the shards' bytes; a resumed harvest must match it exactly."""
-    from lmscope import __version__
-
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -183,7 +182,7 @@ def _settings(model: Model, config: HarvestConfig) -> dict[str, Any]:
         "tokens_per_shard": config.chunks_per_shard * config.tokens_per_chunk,
         "target_tokens": config.n_chunks * config.tokens_per_chunk,
         "corpus": describe_corpus(split=config.split, seed=config.seed),
-        "lmscope_version": __version__,
+        "lmscope_version": LMSCOPE_VERSION,
     }
 
 
@@ -192,7 +191,7 @@ def _resume_state(folder: Path, settings: dict[str, Any], overwrite: bool) -> li
     path = folder / "manifest.json"
     if overwrite or not path.exists():
         return []
-    old = json.loads(path.read_text())
+    old = read_manifest(folder)
     keys = [k for k in settings if k not in ("lmscope_version",)]
     diff = [k for k in keys if old.get(k) != settings[k]]
     if diff:
@@ -206,7 +205,7 @@ def _resume_state(folder: Path, settings: dict[str, Any], overwrite: bool) -> li
 
 
 def _manifest(settings: dict[str, Any], shards: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
-    return {
+    body = {
         **settings,
         "total_tokens": sum(s["n_tokens"] for s in shards),
         "n_shards": len(shards),
@@ -214,6 +213,46 @@ def _manifest(settings: dict[str, Any], shards: list[dict[str, Any]], complete: 
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "shards": shards,
     }
+    return {**body, "manifest_sha256": _manifest_digest(body)}
+
+
+def _manifest_digest(body: dict[str, Any]) -> str:
+    import hashlib
+
+    canonical = {k: v for k, v in body.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """A store's manifest after checking it is JSON, carries its own checksum, agrees with itself and
+    names only files inside ``folder``; every failure names the file and what is wrong."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no activation store at {folder} (manifest.json missing)")
+    try:
+        m = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); the store's manifest is corrupt") from exc
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an lmscope activation store manifest (format != {FORMAT!r})")
+    missing = [k for k in ("shards", "sites", "d", "dtype", "complete", "manifest_sha256") if k not in m]
+    if missing:
+        raise ValueError(f"{path} lacks {missing}; it was edited, truncated or written by an older lmscope")
+    if m["manifest_sha256"] != _manifest_digest(m):
+        raise ValueError(f"{path} does not match its own checksum: it was edited or corrupted after it was written")
+    shards = m["shards"]
+    if m.get("n_shards") != len(shards) or m.get("total_tokens") != sum(s["n_tokens"] for s in shards):
+        raise ValueError(f"{path}: n_shards/total_tokens disagree with the shard list")
+    if m["complete"] and "target_tokens" in m and sum(s["n_tokens"] for s in shards) != m["target_tokens"]:
+        raise ValueError(f"{path} says complete, but its shards hold {sum(s['n_tokens'] for s in shards)} tokens "
+                         f"of the {m.get('target_tokens')} asked for")  # fmt: skip
+    root = folder.resolve()
+    for entry in shards:
+        for info in entry["files"].values():
+            target = (folder / info["file"]).resolve()
+            if Path(info["file"]).is_absolute() or not target.is_relative_to(root):
+                raise ValueError(f"{path} points outside its folder ({info['file']!r}); refusing to read it")
+    return m
 
 
 def harvest(
@@ -254,8 +293,11 @@ def harvest(
                     model(batch)
                 for name, site in zip(config.sites, sites, strict=True):
                     act = acts[site][:, keep:].reshape(batch.shape[0] * tpc, -1)  # (batch * kept, width)
-                    check_finite(act, f"activations at {name}")
-                    buffers[name][lo * tpc : lo * tpc + act.shape[0]] = act.to(dtype)
+                    stored = act.to(dtype)  # checked after the cast: float16 overflows to inf above 65504
+                    check_finite(stored, f"activations at {name} stored as {config.dtype}"
+                                 + ("" if act.dtype == dtype else f" (max |x| {float(act.abs().max()):.4g}; choose a "
+                                    "wider --dtype such as bfloat16 or float32)"))  # fmt: skip
+                    buffers[name][lo * tpc : lo * tpc + act.shape[0]] = stored
                 if bar is not None:
                     bar.update(batch.shape[0] * tpc)
             n_tok = n_here * tpc
@@ -320,12 +362,7 @@ class ActivationStore:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
-        mpath = self.path / "manifest.json"
-        if not mpath.is_file():
-            raise FileNotFoundError(f"no activation store at {self.path} (manifest.json missing)")
-        self.manifest = json.loads(mpath.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise ValueError(f"{mpath} is not an lmscope activation store manifest")
+        self.manifest = read_manifest(self.path)
         for entry in self.shards:
             for info in entry["files"].values():
                 if self.verify:
@@ -431,7 +468,7 @@ class ActivationStore:
 
 def config_of(store: ActivationStore) -> dict[str, Any]:
     """The harvest settings recorded in a store's manifest (without the shard list)."""
-    return {k: v for k, v in store.manifest.items() if k != "shards"}
+    return {k: v for k, v in store.manifest.items() if k not in ("shards", "manifest_sha256")}
 
 
 __all__ = ["ActivationStore", "HarvestConfig", "config_of", "harvest", "memory_bound"]

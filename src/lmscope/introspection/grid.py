@@ -18,7 +18,6 @@ Results checkpoint to JSON per cell, so an interrupted grid resumes.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable
@@ -28,11 +27,11 @@ from typing import Any
 
 import torch
 
-from lmscope.core.artifacts import atomic_write_json
 from lmscope.core.hooks import intervene
 from lmscope.core.model import Model
 from lmscope.core.outputs import Report, new_figure
 from lmscope.core.sites import Site
+from lmscope.experiments import CellCheckpoint, identity
 from lmscope.introspection.concepts import ConceptVectors, ConceptWords, Read, concept_vectors, load_concepts
 from lmscope.introspection.protocol import InjectFrom, RowwiseInjection, grade, names_concept, run_trials, summarize
 
@@ -142,12 +141,10 @@ def introspection_grid(
     order = [concepts[i % len(concepts)] for i in range(cfg.n_trials)]
     rng.shuffle(order)
     plan: list[str | None] = [*order, *([None] * cfg.n_trials)]
-    done: dict[str, list[dict[str, Any]]] = {}
-    ck = Path(checkpoint) if checkpoint is not None else None
-    if ck is not None and ck.is_file():
-        saved = json.loads(ck.read_text())
-        if saved.get("config") == asdict(cfg):
-            done = saved["cells"]
+    work = identity({"kind": "introspection_grid", **asdict(cfg)}, model=model,
+                    data={"concepts": concepts, "plan": plan, "words": asdict(words),
+                          "vectors": {f"{c}@{layer}": vecs.at(c, layer) for c in concepts for layer in cfg.layers}})  # fmt: skip
+    done = CellCheckpoint(checkpoint, work)
     trials: list[dict[str, Any]] = []
     rates: dict[tuple[int, float], dict[str, float]] = {}
     for li, layer in enumerate(cfg.layers):
@@ -165,15 +162,13 @@ def introspection_grid(
                     cell.append({"layer": layer, "strength": float(strength), "concept": c, "answer": a,
                                  "detected": g.detected, "named": g.named and c is not None,
                                  "identified": g.identified and c is not None})  # fmt: skip
-                done[key] = cell
-                if ck is not None:
-                    atomic_write_json(ck, {"config": asdict(cfg), "cells": done})
+                done.put(key, cell)
                 if progress is not None:
                     s = summarize(cell)
                     progress(f"layer {layer} strength {strength}: detect {s['detection']:.2f} identify "
                              f"{s['identification']:.2f} false+ {s['false_positive']:.2f} ({time.time() - t0:.0f}s)")  # fmt: skip
-            trials.extend(done[key])
-            rates[(layer, float(strength))] = summarize(done[key])
+            trials.extend(done.get(key))
+            rates[(layer, float(strength))] = summarize(done.get(key))
     norms = {layer: sum(vecs.norms(layer).values()) / len(vecs.vectors) for layer in cfg.layers}
     return IntrospectionResult(rates, trials, cfg, norms)
 

@@ -53,6 +53,7 @@ from lmscope.core.corpus import describe_corpus, token_chunks
 from lmscope.core.hooks import capture
 from lmscope.core.model import Model
 from lmscope.core.sites import Site
+from lmscope.experiments import Identity, check_resume, identity
 from lmscope.lenses.logit_lens import LogitLensResult, Targets, logit_lens
 
 KIND = "tuned_lens"
@@ -220,7 +221,7 @@ def _save_checkpoint(path: Path, lens: TunedLens, opt: torch.optim.Optimizer, st
         for key, value in state.items():
             t = torch.as_tensor(value)
             tensors[f"opt.{i}.{key}"] = t.reshape(1) if t.dim() == 0 else t  # safetensors stores no 0-d tensors
-    meta = {"step": step, "config": _config_json(cfg), "losses": losses}
+    meta = {"step": step, "config": _config_json(cfg), "losses": losses, "identity": _identity(model, cfg).to_dict()}
     save_artifact(path, "tuned_lens_checkpoint", tensors, meta=meta, provenance=Provenance.of(model, site="resid_post"))
 
 
@@ -228,11 +229,17 @@ def _config_json(cfg: TunedLensConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(cfg)))
 
 
-def _load_checkpoint(path: Path, lens: TunedLens, opt: torch.optim.Optimizer, cfg: TunedLensConfig) -> tuple[int, list[float]]:
+def _identity(model: Model, cfg: TunedLensConfig) -> Identity:
+    """Settings, the model's weights and the training text: what a tuned-lens checkpoint was computed from."""
+    config = {k: v for k, v in _config_json(cfg).items() if k not in ("checkpoint_every",)}
+    return identity({"kind": "tuned_lens_training", **config}, model=model,
+                    data=describe_corpus(split="train", seed=cfg.seed))  # fmt: skip
+
+
+def _load_checkpoint(path: Path, lens: TunedLens, opt: torch.optim.Optimizer, cfg: TunedLensConfig,
+                     model: Model) -> tuple[int, list[float]]:  # fmt: skip
     art = load_artifact(path, "tuned_lens_checkpoint")
-    if art.meta["config"] != _config_json(cfg):
-        raise ValueError(f"{path} was written with another config ({art.meta['config']}); use a new output folder "
-                         "or the same settings to resume")  # fmt: skip
+    check_resume(art.meta.get("identity"), _identity(model, cfg), path)
     lens._set(art.tensors["weight"], art.tensors["bias"])
     state: dict[int, dict[str, Tensor]] = {}
     for name, t in art.tensors.items():
@@ -270,7 +277,7 @@ def train_tuned_lens(
     folder = None if out is None else Path(out)
     step, losses = 0, list[float]()
     if folder is not None and (folder / CHECKPOINT).is_file():
-        step, losses = _load_checkpoint(folder / CHECKPOINT, lens, opt, cfg)
+        step, losses = _load_checkpoint(folder / CHECKPOINT, lens, opt, cfg, model)
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
     head = get_module(model.hf, model.arch.lm_head)
     norm = get_module(model.hf, model.arch.final_norm) if model.arch.final_norm else None

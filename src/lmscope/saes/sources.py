@@ -31,6 +31,7 @@ from torch import Tensor
 from lmscope.core.edits import check_finite
 from lmscope.core.hooks import capture
 from lmscope.core.sites import SiteLike, as_site
+from lmscope.experiments import fingerprint
 
 if TYPE_CHECKING:
     from lmscope.core.model import Model
@@ -44,6 +45,10 @@ class ActivationSource(Protocol):
 
     def batch(self, step: int, batch_size: int) -> Tensor:
         """(batch_size, d_in) float activations for ``step``."""
+        ...
+
+    def fingerprint(self) -> str:
+        """A hash of everything that determines the batches (part of a training checkpoint's identity)."""
         ...
 
 
@@ -70,6 +75,9 @@ class TensorSource:
     def n_tokens(self) -> int:
         return int(self.acts.shape[0])
 
+    def fingerprint(self) -> str:
+        return fingerprint({"source": "tensor", "acts": self.acts, "seed": self.seed})
+
     def batch(self, step: int, batch_size: int) -> Tensor:
         per_epoch = self.n_tokens // batch_size
         if per_epoch == 0:
@@ -93,6 +101,10 @@ class StoreSource:
         self.store, self.site, self.seed, self.shards_in_memory = store, str(as_site(site)), seed, shards_in_memory
         self.d_in = int(store.manifest["d"][self.site])
         self._it: tuple[int, int, Iterator[Tensor]] | None = None  # (epoch, next j, iterator)
+
+    def fingerprint(self) -> str:
+        return fingerprint({"source": "store", "manifest": self.store.manifest["manifest_sha256"], "site": self.site,
+                            "seed": self.seed, "shards_in_memory": self.shards_in_memory})  # fmt: skip
 
     def batch(self, step: int, batch_size: int) -> Tensor:
         per_epoch = len(self.store) // batch_size
@@ -135,6 +147,11 @@ class ModelSource:
         self.d_in = model.site_width(self.site)
         self._buf: tuple[int, Tensor] | None = None
         self.forward_passes = 0
+
+    def fingerprint(self) -> str:
+        return fingerprint({"source": "model", "weights": self.model.weight_hash, "site": str(self.site),
+                            "chunks": self.chunks, "buffer_chunks": self.buffer_chunks, "batch_chunks": self.batch_chunks,
+                            "skip_first": self.skip_first, "seed": self.seed})  # fmt: skip
 
     @property
     def buffer_tokens(self) -> int:

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from lmscope.core.artifacts import Provenance, load_artifact, save_artifact
+from lmscope.experiments import Identity, check_resume, identity
 from lmscope.saes.sae import SAE, SAEConfig
 from lmscope.saes.sources import ActivationSource
 
@@ -114,8 +115,15 @@ def _checkpoint_path(folder: Path) -> Path:
     return folder / "checkpoint.safetensors"
 
 
+def training_identity(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig) -> Identity:
+    """What a training checkpoint was computed from: the SAE's settings, the optimisation settings that change
+    the weights (not progress or logging), and the batches (the source's fingerprint)."""
+    train = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "log_every", "checkpoint_every")}
+    return identity({"kind": "sae_training", "sae": sae_cfg.to_dict(), "train": train}, data=source.fingerprint())
+
+
 def save_checkpoint(folder: Path, sae: SAE, opt: torch.optim.Optimizer, step: int, log: list[dict[str, float]],
-                    train_cfg: TrainConfig) -> Path:  # fmt: skip
+                    train_cfg: TrainConfig, work: Identity) -> Path:  # fmt: skip
     """Write weights, optimizer moments, RNG state and step atomically (safetensors + JSON, no pickle)."""
     tensors: dict[str, Tensor] = {f"sae.{k}": v for k, v in sae.state_dict().items()}
     state = opt.state_dict()
@@ -124,18 +132,15 @@ def save_checkpoint(folder: Path, sae: SAE, opt: torch.optim.Optimizer, step: in
             tensors[f"opt.{pid}.{name}"] = value if isinstance(value, Tensor) else torch.tensor(value)
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {"step": step, "sae_config": sae.cfg.to_dict(), "train_config": asdict(train_cfg),
-            "param_groups": state["param_groups"], "log": log}  # fmt: skip
+            "param_groups": state["param_groups"], "log": log, "identity": work.to_dict()}  # fmt: skip
     return save_artifact(_checkpoint_path(folder), "sae_checkpoint", tensors, meta=meta, provenance=Provenance.of())
 
 
-def _load_checkpoint(folder: Path, sae: SAE, opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, float]]]:
+def _load_checkpoint(folder: Path, sae: SAE, opt: torch.optim.Optimizer,
+                     work: Identity) -> tuple[int, list[dict[str, float]]]:  # fmt: skip
     art = load_artifact(_checkpoint_path(folder), "sae_checkpoint")
+    check_resume(art.meta.get("identity"), work, _checkpoint_path(folder))
     saved = SAEConfig(**art.meta["sae_config"])
-    mine = sae.cfg.to_dict()
-    for key in ("architecture", "d_in", "d_sae", "k", "hook_name"):
-        if mine[key] != getattr(saved, key):
-            raise ValueError(f"checkpoint in {folder} has {key}={getattr(saved, key)!r}, this run asks for {mine[key]!r}; "
-                             "use another output folder or the same settings")  # fmt: skip
     sae.cfg.scaling_factor = saved.scaling_factor
     sae.load_state_dict({k[4:]: v for k, v in art.tensors.items() if k.startswith("sae.")})
     opt_state: dict[int, dict[str, Tensor]] = {}
@@ -176,8 +181,9 @@ def train_sae(
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
     folder = Path(out_dir) if out_dir is not None else None
     start, log = 0, list[dict[str, float]]()
+    work = training_identity(source, sae_cfg, cfg)
     if folder is not None and _checkpoint_path(folder).exists():
-        start, log = _load_checkpoint(folder, sae, opt)
+        start, log = _load_checkpoint(folder, sae, opt, work)
     else:
         _init_from_data(sae, source, cfg)
     sparsity_coeffs = (sae.cfg.l1_coeff, sae.cfg.l0_coeff)
@@ -205,12 +211,12 @@ def train_sae(
         if bar is not None:
             bar.update(1)
         if folder is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(folder, sae, opt, step + 1, log, cfg)
+            save_checkpoint(folder, sae, opt, step + 1, log, cfg, work)
     if bar is not None:
         bar.close()
     sae.cfg.l1_coeff, sae.cfg.l0_coeff = sparsity_coeffs
     if folder is not None and end > start:
-        save_checkpoint(folder, sae, opt, end, log, cfg)
+        save_checkpoint(folder, sae, opt, end, log, cfg, work)
     sae.cfg.extra = {**sae.cfg.extra, "tokens_seen": end * cfg.batch_size, "train_config": json.loads(json.dumps(asdict(cfg)))}
     sae.eval()
     return TrainResult(sae, end, end * cfg.batch_size, time.perf_counter() - t0, start, log)

@@ -45,6 +45,8 @@ class Recipe:
     goal: int
     """+1 when a higher value means more of the behaviour the vector should cause."""
     description: str
+    data: object = None
+    """What ``fn`` reads (prompts and settings): part of a sweep's identity."""
 
 
 def _harmful_harmless(side: str, n: int) -> list[str]:
@@ -64,11 +66,12 @@ def recipe(name: str, *, n_prompts: int = 12, max_new_tokens: int = 32, fmt: str
 
         what = "harmless" if name == "refusal" else "harmful"
         verb = "refuse" if name == "refusal" else "do not refuse"
-        return Recipe(name, refusal, 1, f"share of answers to {len(prompts)} {what} requests that {verb}")
+        return Recipe(name, refusal, 1, f"share of answers to {len(prompts)} {what} requests that {verb}",
+                      {"prompts": prompts, "max_new_tokens": max_new_tokens})  # fmt: skip
     if name == "refusal_logprob":
         prompts = _harmful_harmless("negative", n_prompts)
         return Recipe(name, lambda m: float(B.refusal_logprob(m, prompts).mean()), 1,
-                      f"mean log P(refusal opening) on {len(prompts)} harmless requests")  # fmt: skip
+                      f"mean log P(refusal opening) on {len(prompts)} harmless requests", {"prompts": prompts})  # fmt: skip
     if name == "sentiment":
         prompts = list(NEUTRAL_PROMPTS[:n_prompts])
 
@@ -76,18 +79,21 @@ def recipe(name: str, *, n_prompts: int = 12, max_new_tokens: int = 32, fmt: str
             scores = B.sentiment_scores(m.generate(prompts, chat=True, max_new_tokens=max_new_tokens))
             return sum(scores) / len(scores)
 
-        return Recipe(name, senti, 1, f"mean VADER compound of answers to {len(prompts)} neutral prompts")
+        return Recipe(name, senti, 1, f"mean VADER compound of answers to {len(prompts)} neutral prompts",
+                      {"prompts": prompts, "max_new_tokens": max_new_tokens})  # fmt: skip
     if name in ("truthfulness", "sycophancy"):
         cs = builtin(name, fmt=fmt).split("test").head(n_prompts)  # type: ignore[arg-type]
         return Recipe(name, lambda m: B.preference(m, cs).rate, 1,
-                      f"share of {len(cs.positive)} held-out questions preferring the {name} answer ({fmt} format)")  # fmt: skip
+                      f"share of {len(cs.positive)} held-out questions preferring the {name} answer ({fmt} format)",
+                      {"positive": cs.positive, "negative": cs.negative, "fmt": fmt})  # fmt: skip
     if name.startswith("mention:"):
         word = name.split(":", 1)[1]
         syn = load_json("concepts.json").get("synonyms", {})
         names = [word, *syn.get(word, [])]
         prompts = list(NEUTRAL_PROMPTS[:n_prompts])
         return Recipe(name, lambda m: B.mention_rate(m.generate(prompts, chat=True, max_new_tokens=max_new_tokens), names),
-                      1, f"share of answers to {len(prompts)} neutral prompts mentioning {names}")  # fmt: skip
+                      1, f"share of answers to {len(prompts)} neutral prompts mentioning {names}",
+                      {"prompts": prompts, "names": names, "max_new_tokens": max_new_tokens})  # fmt: skip
     raise ValueError(f"unknown behaviour {name!r}; choose refusal, refusal_logprob, compliance, sentiment, "
                      "truthfulness, sycophancy or mention:WORD")  # fmt: skip
 

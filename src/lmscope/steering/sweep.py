@@ -17,17 +17,16 @@ resumes where it stopped (a cell is recomputed only if missing).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmscope.core.artifacts import atomic_write_json
 from lmscope.core.edits import Positions
 from lmscope.core.model import Model
 from lmscope.core.outputs import Report, new_figure
+from lmscope.experiments import CellCheckpoint, identity
 from lmscope.steering.behaviour import fact_accuracy, facts, neutral_texts, perplexity
 from lmscope.steering.steer import steer
 from lmscope.steering.vector import SteeringVector
@@ -163,11 +162,16 @@ def sweep(
     behaviour_name: str = "behaviour",
     extra: Mapping[str, Callable[[Model], float]] | None = None,
     checkpoint: str | Path | None = None,
+    behaviour_data: object = None,
     progress: Callable[[str], None] | None = print,
 ) -> SweepResult:
     """Score ``behaviour`` and the capability cost for every (layer, scale), plus the unsteered baseline.
 
     ``extra`` names more metrics recorded per cell (e.g. a log-probability beside a generated-text rate).
+    ``behaviour_data`` is what the behaviour reads (its prompts and settings): with the vector, the
+    capability set, the positions and the model's weights it makes the checkpoint's identity, so a
+    checkpoint written for other work is refused (:class:`~lmscope.experiments.StaleResume`).
+    Adding layers or scales reuses the finished cells.
     """
     if not layers or not scales:
         raise ValueError("a sweep needs at least one layer and one scale")
@@ -175,16 +179,16 @@ def sweep(
         vector[layer]  # raises with the layers the vector has
     cap = capability or Capability.default()
     more = dict(extra or {})
-    done: dict[str, dict[str, Any]] = {}
-    ck = Path(checkpoint) if checkpoint is not None else None
-    if ck is not None and ck.is_file():
-        saved = json.loads(ck.read_text())
-        if saved.get("behaviour") == behaviour_name and saved.get("positions") == str(positions):
-            done = saved["cells"]
+    work = identity(
+        {"kind": "steering_sweep", "behaviour": behaviour_name, "positions": str(positions), "extra": sorted(more),
+         "capability": {"texts": cap.texts, "questions": cap.questions, "max_new_tokens": cap.max_new_tokens}},
+        model=model, data={"vector": {str(k): v for k, v in vector.directions.items()}, "behaviour": behaviour_data},
+    )  # fmt: skip
+    done = CellCheckpoint(checkpoint, work)
 
     def run(key: str, layer: int, scale: float) -> Cell:
         if key in done:
-            return Cell(**done[key])
+            return Cell(**done.get(key))
         t0 = time.time()
         if layer < 0:
             b, p, f, x = _score(model, behaviour, cap, more)
@@ -192,9 +196,7 @@ def sweep(
             with steer(model, vector, layers=[layer], scale=scale, positions=positions):
                 b, p, f, x = _score(model, behaviour, cap, more)
         cell = Cell(layer, float(scale), b, p, f, round(time.time() - t0, 2), x)
-        done[key] = asdict(cell)
-        if ck is not None:
-            atomic_write_json(ck, {"behaviour": behaviour_name, "positions": str(positions), "cells": done})
+        done.put(key, asdict(cell))
         if progress is not None:
             shown = "".join(f" {k} {v:.3f}" for k, v in x.items())
             progress(f"layer {layer:>3} scale {scale:>6}: behaviour {b:.3f}{shown} ppl {p:.2f} facts {f:.2f} ({cell.seconds}s)")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lmscope.experiments.tour import RECIPES, run_tour
+from lmscope.tour import RECIPES, run_tour
 
 
 def test_tour_runs_and_resumes_on_a_tiny_model(tmp_path) -> None:
