@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file as load, save_file
 
 import lmscope as ls
 from lmscope.saes import SAE, SAEConfig
@@ -204,3 +205,59 @@ def test_splice_with_error_keeps_bundled_logits(smollm: ls.Model) -> None:
     with ls.intervene(smollm, {site: splice(sae, with_error=True)}):
         out = smollm(batch)
     assert (out - clean).abs().max() <= 1e-5
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sae_lens") is None, reason="sae-lens is not installed")
+def test_saelens_rescale_acts_by_decoder_norm_matches_saelens(tmp_path) -> None:
+    """A TopK file with rescale_acts_by_decoder_norm and non-unit decoder rows: our codes equal SAELens' own."""
+    from sae_lens import SAE as SaeLensSAE
+
+    sae = SAE(SAEConfig("topk", 16, 40, k=4, hook_name=SITE), generator=torch.Generator().manual_seed(3))
+    folder = save_saelens(sae.eval(), tmp_path)
+    w = load(str(folder / "sae_weights.safetensors"))
+    gen = torch.Generator().manual_seed(4)
+    w["W_dec"] = w["W_dec"] * (0.1 + 5 * torch.rand(40, 1, generator=gen))  # rows far from unit norm
+    save_file(w, str(folder / "sae_weights.safetensors"))
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg["rescale_acts_by_decoder_norm"] = True
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    theirs = SaeLensSAE.load_from_disk(str(folder))
+    ours = load_saelens(folder)
+    x = torch.randn(32, 16, generator=gen) * 3
+    assert torch.allclose(ours.encode(x), theirs.encode(x), atol=1e-4)
+    assert torch.allclose(ours.decode(ours.encode(x)), theirs.decode(theirs.encode(x)), atol=1e-4)
+
+
+def test_saelens_flags_that_change_the_computation_are_refused(tmp_path) -> None:
+    sae = SAE(SAEConfig("topk", 16, 40, k=4, hook_name=SITE), generator=torch.Generator().manual_seed(3))
+    folder = save_saelens(sae.eval(), tmp_path)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    for key, value, match in [("reshape_activations", "hook_z", "reshape_activations"),
+                              ("hook_head_index", 2, "hook_head_index"),
+                              ("some_future_flag", True, "some_future_flag")]:  # fmt: skip
+        (folder / "cfg.json").write_text(json.dumps({**cfg, key: value}))
+        with pytest.raises(ValueError, match=match):
+            load_saelens(folder)
+
+
+def test_a_flipped_bit_in_an_saelens_folder_is_caught(tmp_path) -> None:
+    sae = SAE(SAEConfig("topk", 16, 40, k=4, hook_name=SITE), generator=torch.Generator().manual_seed(3))
+    folder = save_saelens(sae.eval(), tmp_path)
+    path = folder / "sae_weights.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        load_saelens(folder)
+
+
+def test_splice_refuses_a_site_of_another_width_or_name(tiny_llama: ls.Model) -> None:
+    sae = _random_sae(tiny_llama)
+    batch = tiny_llama.tokenize(["hello world"])
+    with pytest.raises(ValueError, match="trained at"):
+        with ls.intervene(tiny_llama, {"blocks.0.hook_resid_post": splice(sae)}):
+            tiny_llama(batch)
+    with pytest.raises(ValueError, match="width"):
+        with ls.intervene(tiny_llama, {"blocks.1.hook_mlp_post": clamp_latent(sae, 0, 1.0)}):
+            tiny_llama(batch)
+    assert ls.active_hooks(tiny_llama) == []

@@ -115,10 +115,27 @@ def save_artifact(
     for name, t in tensors.items():
         check_finite(t, f"tensor {name!r} of {kind}")
     header = {"kind": kind, "meta": dict(meta or {}), "provenance": asdict(provenance or Provenance())}
-    data = save(_unshared(tensors), metadata={"lmscope": json.dumps(header)})
+    flat = _unshared(tensors)
+    text = json.dumps(header, default=str)
+    data = save(flat, metadata={"lmscope": text, "lmscope_sha256": content_digest(flat, text)})
     p.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(p, data)
     return p
+
+
+def content_digest(tensors: Mapping[str, Tensor], header: str = "") -> str:
+    """sha256 over a header string and every tensor's name, dtype, shape and bytes (in name order).
+
+    Stored in each artifact and checked on load: a flipped bit anywhere in the tensors or the
+    header is an error naming the file, never a silently different number.
+    """
+    h = hashlib.sha256(header.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"\0{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _unshared(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -158,7 +175,15 @@ def load_artifact(path: str | os.PathLike[str], kind: str | None = None, *, allo
         raise ValueError(f"{p} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
     if "lmscope" not in header_meta:
         raise ValueError(f"{p} has no lmscope header; it was not written by lmscope.save_artifact")
-    header = json.loads(header_meta["lmscope"])
+    if "lmscope_sha256" not in header_meta:
+        raise ValueError(f"{p} carries no checksum (written by lmscope < 0.2 or edited); it cannot be verified. "
+                         "Re-create it with this version")  # fmt: skip
+    if content_digest(tensors, header_meta["lmscope"]) != header_meta["lmscope_sha256"]:
+        raise ValueError(f"checksum mismatch in {p}: its tensors or header changed after it was written (corrupt file)")
+    try:
+        header = json.loads(header_meta["lmscope"])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p} has an unreadable lmscope header: {exc}") from exc
     if kind is not None and header["kind"] != kind:
         raise ValueError(f"{p} holds a {header['kind']!r} artifact, expected {kind!r}")
     return Artifact(header["kind"], tensors, header["meta"], Provenance(**header["provenance"]))

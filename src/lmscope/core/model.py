@@ -16,8 +16,25 @@ from torch import Tensor, nn
 
 from lmscope.core.architectures import Architecture, architecture_for, get_module
 from lmscope.core.hooks import StopForward
-from lmscope.core.inputs import Batch, PaddingSide, tokenize
+from lmscope.core.inputs import Batch, PaddingSide, position_ids_from_mask, tokenize
 from lmscope.core.sites import ALL_KINDS, HEAD_KINDS, Site, SiteLike, as_site
+
+
+def _check_batch(batch: Batch, vocab: int) -> None:
+    ids, mask = batch.input_ids, batch.attention_mask
+    if ids.dim() != 2 or ids.numel() == 0:
+        raise ValueError(f"a Batch needs (batch, seq) ids with at least one token, got shape {tuple(ids.shape)}")
+    if mask.shape != ids.shape or batch.position_ids.shape != ids.shape:
+        raise ValueError(f"Batch parts disagree: input_ids {tuple(ids.shape)}, attention_mask {tuple(mask.shape)}, "
+                         f"position_ids {tuple(batch.position_ids.shape)}")  # fmt: skip
+    if ids.is_floating_point() or ids.dtype == torch.bool:
+        raise TypeError(f"token ids must be integers, got {ids.dtype}")
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})")
+    if bool((mask.sum(-1) == 0).any()):
+        raise ValueError("a row of the batch has no real token (its attention mask is all zeros)")
 
 
 @dataclass(frozen=True)
@@ -199,19 +216,60 @@ class Model:
             raise ValueError(f"{token!r} is {len(ids)} tokens {self.to_str_tokens(token)}, not one")
         return int(ids[0])
 
-    def _as_batch(self, inputs: str | Sequence[str] | Batch | Tensor, chat: bool) -> Batch:
+    def _as_batch(self, inputs: str | Sequence[str] | Batch | Tensor, chat: bool,
+                  attention_mask: Tensor | None = None) -> Batch:  # fmt: skip
+        if inputs is None:
+            raise TypeError("the model needs inputs: a prompt, a list of prompts, a Batch or a (batch, seq) tensor of ids")
         if isinstance(inputs, Batch):
-            batch = inputs.to(self.device)
+            if attention_mask is not None:
+                raise ValueError("pass the attention mask inside the Batch, not also as attention_mask=")
+            batch = inputs
         elif isinstance(inputs, Tensor):
-            ids = inputs if inputs.dim() == 2 else inputs[None]
-            mask = torch.ones_like(ids)
-            batch = Batch(ids, mask, torch.arange(ids.shape[1]).expand_as(ids).clone()).to(self.device)
-        else:
+            ids = self._check_ids(inputs)
+            if attention_mask is None:
+                self._refuse_unmasked_padding(ids)
+                mask = torch.ones_like(ids)
+            else:
+                mask = torch.as_tensor(attention_mask)
+                if mask.shape != ids.shape:
+                    raise ValueError(f"attention_mask has shape {tuple(mask.shape)} but the ids have {tuple(ids.shape)}")
+            batch = Batch(ids, mask.to(torch.long), position_ids_from_mask(mask))
+        elif isinstance(inputs, str) or (isinstance(inputs, Sequence) and not isinstance(inputs, bytes)):
+            if attention_mask is not None:
+                raise ValueError("attention_mask= goes with token ids; prompts are tokenized with their own mask")
             return self.tokenize(inputs, chat=chat)
+        else:
+            raise TypeError(f"inputs must be a prompt, a list of prompts, a Batch or a tensor of ids, not {type(inputs).__name__}")
+        _check_batch(batch, self.shape.vocab)
         window = self.shape.max_positions
         if window is not None and batch.shape[1] > window:
             raise ValueError(f"the input has {batch.shape[1]} positions, longer than the model's context window of {window}")
-        return batch
+        return batch.to(self.device)
+
+    def _check_ids(self, ids: Tensor) -> Tensor:
+        if ids.is_floating_point() or ids.dtype == torch.bool or ids.is_complex():
+            raise TypeError(f"token ids must be integers, got a {ids.dtype} tensor (tokenize text with model.tokenize)")
+        if ids.dim() == 1:
+            ids = ids[None]
+        if ids.dim() != 2:
+            raise ValueError(f"token ids must be (seq,) or (batch, seq), got shape {tuple(ids.shape)}")
+        if ids.numel() == 0:
+            raise ValueError(f"token ids are empty (shape {tuple(ids.shape)}); the model needs at least one token")
+        return ids.long()
+
+    def _refuse_unmasked_padding(self, ids: Tensor) -> None:
+        """Rows of different real lengths in one tensor need their mask; without it pads would count as tokens."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer is not None else None
+        if pad is None or ids.shape[0] < 2:
+            return
+        edge = (ids[:, 0] == pad) | (ids[:, -1] == pad)
+        if bool(edge.any()) and not bool(edge.all()):
+            row = int(edge.nonzero()[0])
+            raise ValueError(
+                f"row {row} of the token ids starts or ends with the pad id {pad} while other rows do not: a padded "
+                "batch needs its attention mask (pass attention_mask=..., a Batch, or prompts); without it the pads "
+                "are read as tokens"
+            )
 
     # ---- running -----------------------------------------------------------------------------
     def __call__(
@@ -222,7 +280,7 @@ class Model:
         Runs without autograd unless ``grad=True``. Returns None only when a
         ``capture(..., stop_early=True)`` ended the pass early.
         """
-        batch = self._as_batch(inputs, chat)
+        batch = self._as_batch(inputs, chat, hf_kwargs.pop("attention_mask", None))
         with torch.set_grad_enabled(grad):
             try:
                 out = self.hf(**batch.model_inputs(), use_cache=False, **hf_kwargs)

@@ -43,7 +43,7 @@ def _canonical(obj: Any, h: Any) -> None:
     if isinstance(obj, Tensor):
         t = obj.detach().cpu().contiguous()
         h.update(f"tensor:{t.dtype}:{tuple(t.shape)}:".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     elif isinstance(obj, Mapping):
         h.update(b"{")
         for k in sorted(obj, key=str):

@@ -61,6 +61,27 @@ def check_site(model: Model, sae: SAE, site: SiteLike | None = None) -> Site:
     return site
 
 
+@dataclass
+class SAEEdit(edits.Custom):
+    """An edit made from an SAE: it knows the width and hook it was trained at, and refuses other sites."""
+
+    d_in: int = 0
+    hook_name: str = ""
+
+    def expected_width(self) -> int | None:
+        return self.d_in
+
+    def validate(self, width: int, site_name: str, *, dtype: torch.dtype | None = None) -> None:
+        super().validate(width, site_name, dtype=dtype)
+        if self.hook_name and as_site(self.hook_name) != as_site(site_name):
+            raise ValueError(f"this SAE was trained at {self.hook_name} but the edit is applied at {site_name}; "
+                             f"use the SAE's own site (or check_site(model, sae, site) to see why)")  # fmt: skip
+
+
+def _sae_edit(sae: SAE, fn: Any, positions: Any) -> SAEEdit:
+    return SAEEdit(fn=fn, positions=positions, d_in=sae.cfg.d_in, hook_name=sae.cfg.hook_name)
+
+
 def splice(sae: SAE, *, with_error: bool = False, positions: Any = "all") -> Edit:
     """An edit that replaces a site's activation by the SAE's reconstruction (plus its error if asked)."""
     sae.eval()
@@ -75,7 +96,7 @@ def splice(sae: SAE, *, with_error: bool = False, positions: Any = "all") -> Edi
         r = recon.double()
         return (r + (x.double() - r)).to(x.dtype)
 
-    return edits.custom(fn, positions=positions)
+    return _sae_edit(sae, fn, positions)
 
 
 def clamp_latent(sae: SAE, latent: int, value: float, *, positions: Any = "all") -> Edit:
@@ -90,7 +111,7 @@ def clamp_latent(sae: SAE, latent: int, value: float, *, positions: Any = "all")
             delta = (value - z[..., latent])[..., None] * sae.W_dec[latent] / sae.cfg.scaling_factor
         return x + delta.to(x.dtype)
 
-    return edits.custom(fn, positions=positions)
+    return _sae_edit(sae, fn, positions)
 
 
 @dataclass
