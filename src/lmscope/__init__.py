@@ -30,9 +30,8 @@ from lmscope.core import (
     position_ids_from_mask,
     tokenize,
 )  # fmt: skip
-from lmscope.lenses import LogitLensResult, logit_lens
-
 from lmscope.core.version import LMSCOPE_VERSION as __version__
+from lmscope.lenses import LogitLensResult, logit_lens
 
 __all__ = [
     "ARCHITECTURES", "ActivationCache", "Architecture", "Batch", "HookRecord", "Model", "ModelShape",

@@ -7,7 +7,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file as load, save_file
+from safetensors.torch import load_file as load
+from safetensors.torch import save_file
 
 import lmscope as ls
 from lmscope.saes import SAE, SAEConfig

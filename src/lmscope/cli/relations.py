@@ -39,6 +39,7 @@ def run_lre(args: argparse.Namespace) -> int:
         load_relation,
         relation_names,
     )  # fmt: skip
+    from lmscope.relations.evaluate import TooFewSubjects
 
     model = ls.load(args.model)
     names = relation_names() if args.relations == "all" else [r.strip() for r in args.relations.split(",") if r.strip()]
@@ -55,12 +56,15 @@ def run_lre(args: argparse.Namespace) -> int:
             try:
                 c = causality(model, rel, lre, rank=args.rank, prompting=prompting)
                 caus, base, n_edit = c.success, c.baseline_substitute, c.n
-            except ValueError:
+            except TooFewSubjects as exc:  # recorded with its reason below, never a bare NaN
                 caus = base = float("nan")
                 n_edit = 0
+                skipped = str(exc)
+            else:
+                skipped = ""
             row = {"relation": name, "layer": layer, "beta": beta, "faithfulness": f.faithfulness,
                    "faithfulness_all": f.faithfulness_all, "model_accuracy": f.model_accuracy, "n_test": f.n,
-                   "causality": caus, "substitute_baseline": base, "n_edit": n_edit,
+                   "causality": caus, "substitute_baseline": base, "n_edit": n_edit, "causality_skipped": skipped,
                    "seconds": time.perf_counter() - t0}  # fmt: skip
             rows.append(row)
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)

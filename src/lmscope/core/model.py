@@ -239,7 +239,8 @@ class Model:
                 raise ValueError("attention_mask= goes with token ids; prompts are tokenized with their own mask")
             return self.tokenize(inputs, chat=chat)
         else:
-            raise TypeError(f"inputs must be a prompt, a list of prompts, a Batch or a tensor of ids, not {type(inputs).__name__}")
+            raise TypeError(f"inputs must be a prompt, a list of prompts, a Batch or a tensor of ids, "
+                            f"not {type(inputs).__name__}")
         _check_batch(batch, self.shape.vocab)
         window = self.shape.max_positions
         if window is not None and batch.shape[1] > window:

@@ -67,7 +67,8 @@ def rank1_report(
             for residual in (True, False):
                 try:
                     ab = absorb_context(model, ctx, f.ask(p.input), residual=residual)
-                except NotImplementedError:
+                except NotImplementedError as exc:  # this variant does not exist for the family: say so in the row
+                    row[f"skipped_{'both' if residual else 'first_only'}"] = str(exc)
                     continue
                 tag = "both" if residual else "first_only"
                 row |= {

@@ -32,8 +32,18 @@ def string_spans(source: str, *, triple_quoted: bool = True) -> list[tuple[int, 
     ``triple_quoted=False`` keeps only single-quoted literals (``'x'``, ``"x"``): no docstrings.
 
     f-strings count as strings (Python >= 3.12 tokenizes them in parts; their outer span is used).
-    Files that do not tokenize give the spans found before the error.
+    Source that does not tokenize raises ValueError: its labels after the error would be wrong.
     """
+    spans, end = labelled_spans(source, triple_quoted=triple_quoted)
+    if end < len(source):
+        raise ValueError(f"the source does not tokenize past character {end} of {len(source)}; string labels "
+                         "after that point are unknown (use labelled_spans to keep the labelled prefix)")  # fmt: skip
+    return spans
+
+
+def labelled_spans(source: str, *, triple_quoted: bool = True) -> tuple[list[tuple[int, int]], int]:
+    """String-literal spans and how far they are known: ``(spans, end)``; ``end < len(source)`` when the
+    tokenizer failed there (everything from the failing line on is unlabelled and must not be used)."""
     line_starts = [0]
     for line in source.splitlines(keepends=True):
         line_starts.append(line_starts[-1] + len(line))
@@ -62,9 +72,13 @@ def string_spans(source: str, *, triple_quoted: bool = True) -> list[tuple[int, 
             if q == 3 and not triple_quoted:
                 continue
             spans.append((start + (len(text) - len(body)) + q, end - q))
-    except (tokenize.TokenError, IndentationError, SyntaxError):
-        pass
-    return spans
+    except (tokenize.TokenError, IndentationError, SyntaxError) as exc:
+        line = exc.args[1][0] if isinstance(exc, tokenize.TokenError) and len(exc.args) > 1 else getattr(exc, "lineno", 1)
+        known = line_starts[max(0, min(int(line or 1), len(line_starts)) - 1)]
+        # A string still open at the error (fstart) is unknown too: stop before it.
+        known = min(known, fstart) if fstart is not None else known
+        return [sp for sp in spans if sp[1] <= known], known
+    return spans, len(source)
 
 
 def token_labels(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
@@ -104,8 +118,9 @@ def string_windows(tokenizer, *, n_windows: int, seq_len: int = 128, split: str 
     for doc in corpus_documents(split=split, seed=seed, sources=("stdlib",)):  # type: ignore[arg-type]
         text = doc.text()
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        lab = token_labels(enc["offset_mapping"], string_spans(text, triple_quoted=triple_quoted))
-        toks = enc["input_ids"]
+        spans, known = labelled_spans(text, triple_quoted=triple_quoted)
+        lab = token_labels(enc["offset_mapping"], spans)
+        toks = [t for t, (_, b) in zip(enc["input_ids"], enc["offset_mapping"], strict=True) if b <= known]
         for s in range(0, len(toks) - body + 1, body):
             ids.append(([bos] if bos is not None else []) + toks[s : s + body])
             labs.append(([False] if bos is not None else []) + lab[s : s + body])

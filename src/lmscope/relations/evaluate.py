@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from lmscope.core.model import Model
 
 
+class TooFewSubjects(ValueError):
+    """The model knows too few subjects of a relation for this test to be run (a null, not a failure)."""
+
+
 @dataclass
 class SubjectStates:
     """States and answers for a list of (subject, object) pairs."""
@@ -143,7 +147,7 @@ def causality(model: Model, rel: Relation, lre: LRE, *, rank: int | None = 64, p
             src.append(i)
             tgt.append(others[int(torch.randint(len(others), (1,), generator=gen))])
     if not src:
-        raise ValueError(f"relation {rel.name!r}: need two known test subjects with different objects to test editing")
+        raise TooFewSubjects(f"relation {rel.name!r}: need two known test subjects with different objects to test editing")
     s = st.states[src]
     o_now, o_new = lre(s), lre(st.states[tgt])
     edited = s + lre.inverse_delta(o_new, o_now, rank)
