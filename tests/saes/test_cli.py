@@ -28,6 +28,10 @@ def test_sae_train_resume_eval_dashboard(tmp_path) -> None:
     assert again["resumed_from"] == 12
     sae = load_saelens(tmp_path / "run" / "sae")
     assert sae.cfg.hook_name == SITE and sae.cfg.k == 4
+    prov = json.loads((tmp_path / "run" / "sae" / "cfg.json").read_text())["metadata"]["provenance"]
+    assert prov["weight_hash"] == model.weight_hash and len(prov["dataset_hash"]) == 64  # RELIABILITY E20
+    # a rerun with one input changed (the seed) refuses the finished checkpoint, naming what changed
+    assert main([*train[:-2], "--seed", "1", "--out", str(tmp_path / "run")]) != 0
     assert main(["sae", "eval", "--tiny", "llama", "--sae", str(tmp_path / "run" / "sae"), "--windows", "4", "--seq-len", "32",
                  "--out", str(tmp_path / "eval")]) == 0  # fmt: skip
     ev = json.loads((tmp_path / "eval" / "result.json").read_text())

@@ -12,4 +12,6 @@ def model_from_args(args: argparse.Namespace) -> Any:
     from lmscope.core.tiny import load_tiny
 
     tiny = getattr(args, "tiny", None)
-    return load_tiny(tiny) if tiny else load(getattr(args, "model", None))
+    model = load_tiny(tiny) if tiny else load(getattr(args, "model", None))
+    args.work_started = True  # from here on a failure is a runtime error (exit 1), not a usage error (exit 2)
+    return model

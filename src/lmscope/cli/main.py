@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_USAGE = 2
+"""Bad arguments or input files (argparse uses 2 as well)."""
+EXIT_RUNTIME = 1
+"""The work itself failed (after the model loaded)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -52,9 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, IndexError, NotImplementedError) as exc:
-        print(f"lmscope: error: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, TypeError, FileNotFoundError, IndexError, KeyError, NotImplementedError) as exc:
+        # Exit codes: 2 = usage (bad arguments or input files, found before the model loads), 1 = the work failed.
+        runtime = getattr(args, "work_started", False)
+        print(f"lmscope: {'error' if runtime else 'usage error'}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME if runtime else EXIT_USAGE
 
 
 if __name__ == "__main__":

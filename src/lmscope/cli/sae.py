@@ -88,27 +88,30 @@ def _chunks(model, n: int, seq_len: int, split: str):
 def run_train(args: argparse.Namespace) -> int:
     from lmscope.core.artifacts import Provenance, atomic_write_json
     from lmscope.saes import ModelSource, SAEConfig, StoreSource, TrainConfig, train_sae
+    from lmscope.saes.training import training_identity
     from lmscope.saes.interop import save_saelens
 
     t0 = time.perf_counter()
     if args.store:
         from lmscope.core.store import ActivationStore
 
-        store = ActivationStore(args.store, verify=False)
+        store = ActivationStore(args.store)  # every shard checked before any work starts
         source = StoreSource(store, args.site, seed=args.seed)
-        model_id = store.manifest["model_id"]
+        model_id, weight_hash = store.manifest["model_id"], store.manifest["weight_hash"]
     else:
         model = _model(args)
         n_chunks = max(64, args.tokens // 127 + 1)
         source = ModelSource(model, args.site, _chunks(model, n_chunks, 128, "train"), seed=args.seed)  # type: ignore[assignment]
-        model_id = model.model_id
+        model_id, weight_hash = model.model_id, model.weight_hash
     cfg = SAEConfig(args.arch, source.d_in, args.d_sae, k=args.k if args.arch in ("topk", "batchtopk") else None,
                     l1_coeff=args.l1, l0_coeff=args.l0, normalize_activations=args.normalize, hook_name=args.site,
                     model_name=model_id)  # fmt: skip
     tcfg = TrainConfig(total_tokens=args.tokens, batch_size=args.batch, lr=args.lr, seed=args.seed,
                        checkpoint_every=args.checkpoint_every)  # fmt: skip
     res = train_sae(source, cfg, tcfg, out_dir=args.out)
-    folder = save_saelens(res.sae, Path(args.out) / "sae", provenance=Provenance.of(site=args.site, store=args.store))
+    prov = Provenance.of(site=args.site, store=args.store, training_identity=training_identity(source, cfg, tcfg).digest)
+    prov.model_id, prov.weight_hash, prov.dataset_hash = model_id, weight_hash, source.fingerprint()
+    folder = save_saelens(res.sae, Path(args.out) / "sae", provenance=prov)
     result = {"sae": str(folder), "steps": res.steps, "tokens": res.tokens, "resumed_from": res.resumed_from,
               "train_wall_s": res.wall_s, "total_wall_s": time.perf_counter() - t0, "final": res.log[-1] if res.log else {},
               "log": res.log}  # fmt: skip
@@ -123,8 +126,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from lmscope.saes.interop import load_saelens
     from lmscope.saes.metrics import evaluate_sae, frequency_figure
 
+    sae = load_saelens(args.sae)  # the input file first: a bad one is a usage error, before the model loads
     model = _model(args)
-    sae = load_saelens(args.sae)
     t0 = time.perf_counter()
     ev = evaluate_sae(model, sae, _chunks(model, args.windows, args.seq_len, "heldout"))
     result = {**ev.summary(), "eval_wall_s": time.perf_counter() - t0}
@@ -145,12 +148,12 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from lmscope.saes.features import harvest_acts, latent_stats
     from lmscope.saes.interop import load_saelens
 
+    sae = load_saelens(args.sae)  # the input file first: a bad one is a usage error, before the model loads
     model = _model(args)
-    sae = load_saelens(args.sae)
     if args.store:
         from lmscope.core.store import ActivationStore
 
-        store = ActivationStore(args.store, verify=False)
+        store = ActivationStore(args.store)  # every shard checked before any work starts
         acts = store.load_all(sae.cfg.hook_name)  # stays float16; latent_stats converts block by block
         tok = store.tokens()
         seq = store.manifest["tokens_per_chunk"]
@@ -180,8 +183,8 @@ def run_steer(args: argparse.Namespace) -> int:
     from lmscope.saes.interop import load_saelens
     from lmscope.saes.steering import feature_steering
 
+    sae = load_saelens(args.sae)  # the input file first: a bad one is a usage error, before the model loads
     model = _model(args)
-    sae = load_saelens(args.sae)
     prompts = args.prompts or [
         "Tell me a short story.", "What did you do today?", "Describe your favourite place.", "Write a poem about the sea.",
         "Give me some advice for a job interview.", "What is the best way to learn?", "Describe a busy morning.",

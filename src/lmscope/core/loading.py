@@ -154,13 +154,25 @@ def load(
         path = Path(name)
         if (path.suffix in (".pt", ".pkl", ".bin")) and path.is_file():
             raise ValueError(f"{path} is a pickle file; lmscope loads HF folders, safetensors and GGUF")
+        if not path.is_dir() and (name.startswith(("/", ".", "~")) or name.count("/") != 1 or path.parent.is_dir()
+                                  and str(path.parent) not in ("", ".")):  # fmt: skip
+            raise FileNotFoundError(
+                f"model {name!r}: no such local folder, and not a hub id (org/name) or a bundled model "
+                f"({', '.join(sorted(BUNDLED))}); check the path"
+            )
         folder, model_id = (path if path.is_dir() else Path(name)), name
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
     if device_map is not None:
         kwargs["device_map"] = device_map
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
-    hf: Any = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    try:
+        hf: Any = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"model {name!r} could not be loaded: it is not a local folder or a bundled model "
+            f"({', '.join(sorted(BUNDLED))}), and as a hub id it is unreachable offline or does not exist ({exc})"
+        ) from exc
     tok = AutoTokenizer.from_pretrained(str(folder), **({"trust_remote_code": True} if trust_remote_code else {}))
     if device is not None and device_map is None:
         hf = hf.to(device)
