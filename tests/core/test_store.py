@@ -216,6 +216,7 @@ def test_memory_stays_under_the_stated_bound_while_writing_much_more(model, tmp_
         sampler.join()
     written = sum(p.stat().st_size for p in (tmp_path / "big").rglob("*.safetensors"))
     growth = max(peak) - base
-    assert written > 10 * bound  # the harvest produced far more data than it may hold
-    assert growth < bound + 32 * 2**20, (growth, bound)  # roughly the bound; slack for allocator and Python objects
+    print(f"F27: RSS growth {growth / 2**20:.2f} MiB, stated bound {bound / 2**20:.2f} MiB, written {written / 2**20:.1f} MiB")
+    assert written > 3 * bound  # the harvest produced far more data than it may hold
+    assert growth <= bound, (growth, bound)  # the stated bound itself, no slack on top (RELIABILITY F27)
     assert len(store) >= 30000

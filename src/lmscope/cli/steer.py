@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     x = ss.add_parser("export", help="write a llama.cpp control vector (.gguf)")
     x.add_argument("--vector", required=True)
-    x.add_argument("--layers", type=int, nargs="+", default=None, help="default: every layer except 0")
+    x.add_argument("--layers", type=int, nargs="+", default=None, help="default: every layer the vector has (a layer-0 direction is refused: llama.cpp cannot hold it)")
     x.add_argument("--scale", type=float, default=1.0)
     x.add_argument("--model-hint", default="llama", help="controlvector.model_hint (llama.cpp's architecture name)")
     x.add_argument("--out", required=True)
@@ -170,7 +170,12 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     vec = _load_vector(args.vector)
-    layers = args.layers or [layer for layer in vec.layers if layer != 0]
+    if not args.layers and 0 in vec.layers:
+        rest = [layer for layer in vec.layers if layer != 0]
+        raise ValueError(f"{args.vector} has a direction for layer 0, which llama.cpp's control-vector format cannot hold "
+                         f"(direction.N is added after block N, and block 0's input is not reachable); pass --layers "
+                         f"{' '.join(map(str, rest))} to export the others")  # fmt: skip
+    layers = args.layers or list(vec.layers)
     path = vec.select(layers).to_gguf(args.out, model_hint=args.model_hint, scale=args.scale)
     print(f"wrote {path}: direction.N for layers {layers} (scale {args.scale}); "
           f"llama.cpp: --control-vector {path}")  # fmt: skip

@@ -140,12 +140,26 @@ def _site_widths(model: Model, sites: list[str]) -> dict[str, int]:
     return widths
 
 
+RUNTIME_OVERHEAD = 12 * 2**20
+"""Bytes the allocator and interpreter keep beyond the tensors a harvest holds (malloc arenas, tokenizer
+state, Python objects); measured on CPU with glibc, and part of the stated bound."""
+
+
 def memory_bound(model: Model, config: HarvestConfig) -> int:
-    """Bytes of RAM a harvest may hold beyond the model itself (see the module docstring)."""
+    """Bytes of RAM a harvest may hold beyond the model itself (see the module docstring).
+
+    One shard buffer per site, the serialized bytes of the largest shard file (written from memory),
+    the captured activations of one batch (float32, stored and cloned), the forward pass's own working
+    set for one batch (residual, MLP and attention tensors of one layer, a few alive at once) and
+    :data:`RUNTIME_OVERHEAD`.
+    """
     item = _DTYPES[config.dtype].itemsize
     per_site = [config.chunks_per_shard * config.tokens_per_chunk * w * item for w in _site_widths(model, config.sites).values()]
-    in_flight = config.batch_size * config.seq_len * sum(_site_widths(model, config.sites).values()) * 4
-    return sum(per_site) + max(per_site) + in_flight
+    tokens = config.batch_size * config.seq_len
+    in_flight = 2 * tokens * sum(_site_widths(model, config.sites).values()) * 4
+    s = model.shape
+    working = 4 * (tokens * (4 * s.d_model + 3 * s.d_mlp) + config.batch_size * s.n_heads * config.seq_len**2) * 4
+    return sum(per_site) + max(per_site) + in_flight + working + RUNTIME_OVERHEAD
 
 
 def _shard_file(site_or_tokens: str, index: int) -> str:
