@@ -36,7 +36,7 @@ def _artifacts(tmp_path, model: ls.Model):
 @pytest.mark.parametrize("seed", range(6))
 def test_a_flipped_bit_in_any_artifact_is_an_error(tiny_llama: ls.Model, tmp_path, seed: int) -> None:
     rng = random.Random(seed)
-    for what, path, load in _artifacts(tmp_path, tiny_llama):
+    for _what, path, load in _artifacts(tmp_path, tiny_llama):
         _flip_one_bit(path, rng, skip_header=seed % 2 == 0)  # in the tensor bytes, or anywhere
         with pytest.raises(ValueError, match=str(path.name)):
             load(path)

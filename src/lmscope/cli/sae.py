@@ -88,8 +88,8 @@ def _chunks(model, n: int, seq_len: int, split: str):
 def run_train(args: argparse.Namespace) -> int:
     from lmscope.core.artifacts import Provenance, atomic_write_json
     from lmscope.saes import ModelSource, SAEConfig, StoreSource, TrainConfig, train_sae
-    from lmscope.saes.training import training_identity
     from lmscope.saes.interop import save_saelens
+    from lmscope.saes.training import training_identity
 
     t0 = time.perf_counter()
     if args.store:

@@ -72,7 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     x = ss.add_parser("export", help="write a llama.cpp control vector (.gguf)")
     x.add_argument("--vector", required=True)
-    x.add_argument("--layers", type=int, nargs="+", default=None, help="default: every layer the vector has (a layer-0 direction is refused: llama.cpp cannot hold it)")
+    x.add_argument("--layers", type=int, nargs="+", default=None,
+                   help="default: every layer the vector has (layer 0 is refused: llama.cpp cannot hold it)")
     x.add_argument("--scale", type=float, default=1.0)
     x.add_argument("--model-hint", default="llama", help="controlvector.model_hint (llama.cpp's architecture name)")
     x.add_argument("--out", required=True)
