@@ -126,3 +126,22 @@ def test_float16_harvest_overflow_is_caught(tiny_llama: ls.Model, tmp_path) -> N
     with ls.intervene(tiny_llama, {Site("resid_post", 0): edits.add(big)}):
         with pytest.raises(ValueError, match="float16"):
             harvest(tiny_llama, cfg, tmp_path / "store")
+
+
+def test_an_icl_task_file_without_splits_is_refused_before_any_model(tmp_path) -> None:
+    from lmscope.icl.tasks import load_task
+
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"input": "a", "output": "b"}\n{"input": "c", "output": "d"}\n')
+    with pytest.raises(ValueError, match="no test pairs"):
+        load_task(path)
+
+
+def test_string_labels_are_never_read_past_a_tokenize_error() -> None:
+    from lmscope.neurons.labels import labelled_spans, string_spans
+
+    src = 'a = "ok"\nb = """never closed\nc = "x"\n'
+    spans, known = labelled_spans(src)
+    assert spans == [(5, 7)] and known <= src.index('b = """')
+    with pytest.raises(ValueError, match="does not tokenize"):
+        string_spans(src)

@@ -81,7 +81,15 @@ def load_task(name_or_path: str | Path) -> Task:
     for n, r in enumerate(records, 1):
         if "input" not in r or "output" not in r:
             raise ValueError(f"{path}:{n}: a task record needs 'input' and 'output', got keys {sorted(r)}")
-        pairs.append(Pair(str(r["input"]), str(r["output"]), str(r.get("split", "train"))))
+        split = str(r.get("split", "train"))
+        if split not in ("train", "test"):
+            raise ValueError(f"{path}:{n}: split must be 'train' or 'test', got {split!r}")
+        pairs.append(Pair(str(r["input"]), str(r["output"]), split))
+    splits = {p.split for p in pairs}
+    if splits != {"train", "test"}:
+        missing = sorted({"train", "test"} - splits)
+        raise ValueError(f"{path}: the task has no {' and no '.join(missing)} pairs; give each record a \"split\" of "
+                         "'train' (demonstrations) or 'test' (queries), with at least one of each")  # fmt: skip
     return Task(path.stem, tuple(pairs))
 
 

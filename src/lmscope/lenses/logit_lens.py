@@ -259,17 +259,21 @@ def resolve_targets(model: Model, target: Targets, n: int) -> Tensor | None:
     if len(items) != n:
         raise ValueError(f"{len(items)} targets for {n} prompts; give one target or one per prompt")
     ids = []
+    offenders = []
     for t in items:
         if isinstance(t, str):
             try:
                 ids.append(model.token_id(t))
             except ValueError as exc:
-                raise ValueError(f"target {exc}; a lens target must be one token (often with a leading space)") from None
+                offenders.append(str(exc))
         else:
             tid = int(t)  # type: ignore[call-overload]
             if not 0 <= tid < model.shape.vocab:
                 raise ValueError(f"target id {t} outside the vocabulary of {model.shape.vocab}")
             ids.append(tid)
+    if offenders:
+        raise ValueError(f"{len(offenders)} lens target(s) are not one token: {'; '.join(offenders)}. A lens target must "
+                         "be one token (often with a leading space)")  # fmt: skip
     return torch.tensor(ids, dtype=torch.long)
 
 
