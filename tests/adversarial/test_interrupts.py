@@ -29,6 +29,17 @@ def hook_counts(model: ls.Model) -> dict[str, tuple[int, int]]:
 pytestmark = pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs POSIX signals")
 
 
+@pytest.fixture(autouse=True)
+def _sigint_raises():
+    """Ctrl-C raises KeyboardInterrupt here even when the suite was started with SIGINT ignored
+    (``nohup``, a background job of a non-interactive shell: Python then installs no handler)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def _cycle(model: ls.Model, batch: ls.Batch, v: torch.Tensor) -> None:
     with ls.capture(model, [Site("resid_post", 0), Site("mlp_post", 1)]):
         with ls.intervene(model, {Site("resid_post", 1): edits.add(v, scale=3.0), Site("attn_z", 0, head=1): edits.zero()}):
