@@ -34,7 +34,7 @@ import peers  # noqa: E402
 from timing import Timings, interleaved  # noqa: E402
 
 import lmscope as ls  # noqa: E402
-from lmscope.core.corpus import token_chunks  # noqa: E402
+from lmscope.data.corpus import token_chunks  # noqa: E402
 
 TARGETS = {"a": 1.03, "b": 0.30, "c": 1.03}
 

@@ -29,7 +29,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=4e-4)
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("LMSCOPE_THREADS", "1")))
-    from lmscope.core.store import ActivationStore
+    from lmscope.experiments.store import ActivationStore
     from lmscope.saes import SAEConfig, StoreSource, TrainConfig, train_sae
 
     store = ActivationStore(a.store, verify=False)

@@ -1,5 +1,6 @@
-"""DESIGN.md's dependency rule: core imports nothing above it; the substrate (lmscope.experiments) imports
-core; a method family imports core and the substrate, never a sibling family."""
+"""DESIGN.md's dependency rule, floor by floor: core imports nothing above it; data imports core; the
+substrate (lmscope.experiments) imports core and data; a method family imports those three, never a
+sibling family; the tour imports anything but the CLI. No floor imports the package root."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def test_families_import_only_core() -> None:
         for path in (SRC / family).rglob("*.py") if (SRC / family).exists() else []:
             for name in _imports(path):
                 parts = name.split(".")
-                if parts[0] == "lmscope" and len(parts) > 1 and parts[1] not in (family, "core", "experiments"):
+                if parts[0] == "lmscope" and len(parts) > 1 and parts[1] not in (family, "core", "data", "experiments"):
                     offences.append(f"{path.relative_to(SRC)} imports {name}")
                 if name == "lmscope":
                     offences.append(f"{path.relative_to(SRC)} imports the top-level lmscope package")
@@ -55,8 +56,18 @@ def test_core_imports_nothing_above_it() -> None:
     assert offences == [], offences
 
 
-def test_substrate_imports_only_core() -> None:
-    offences = _floor_offences("experiments", ("core", "experiments"))
+def test_data_imports_only_core() -> None:
+    offences = _floor_offences("data", ("core", "data"))
+    assert offences == [], offences
+
+
+def test_substrate_imports_only_core_and_data() -> None:
+    offences = _floor_offences("experiments", ("core", "data", "experiments"))
+    assert offences == [], offences
+
+
+def test_tour_never_imports_the_cli() -> None:
+    offences = [f"tour.py imports {n}" for n in _imports(SRC / "tour.py") if n == "lmscope" or n.startswith("lmscope.cli")]
     assert offences == [], offences
 
 

@@ -118,7 +118,7 @@ def test_mask_wider_than_the_ids(tiny_llama: ls.Model) -> None:
 
 def test_float16_harvest_overflow_is_caught(tiny_llama: ls.Model, tmp_path) -> None:
     """Values beyond float16's range are found after the cast (they became inf), not before it."""
-    from lmscope.core.store import HarvestConfig, harvest
+    from lmscope.experiments.store import HarvestConfig, harvest
 
     cfg = HarvestConfig(sites=["blocks.0.hook_resid_post"], n_tokens=60, seq_len=16, tokens_per_shard=30, dtype="float16",
                         progress=False)  # fmt: skip

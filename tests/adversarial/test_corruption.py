@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import lmscope as ls
-from lmscope.core.artifacts import load_artifact, save_artifact
-from lmscope.core.store import ActivationStore, HarvestConfig, harvest
+from lmscope.experiments.artifacts import load_artifact, save_artifact
+from lmscope.experiments.store import ActivationStore, HarvestConfig, harvest
 from lmscope.lenses.tuned_lens import TunedLens
 from lmscope.saes import SAE, SAEConfig
 from lmscope.steering.vector import SteeringVector

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import lmscope as ls
-from lmscope.core.datasets import load_jsonl
+from lmscope.data.bundled import load_jsonl
 from lmscope.icl.algebra import list_tasks
 from lmscope.icl.takeaways import negative_context, similar_and_diverse
 from lmscope.icl.tasks import FORMATS, load_task

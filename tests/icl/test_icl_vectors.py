@@ -145,7 +145,7 @@ def test_cli_writes_json_figures_html(tmp_path) -> None:
     rc = main(["--threads", "1", "icl", "rank1", "--tiny", "llama", "--tasks", "antonyms,country_capital", "--queries", "1",
                "--sources", "1", "--targets", "3", "--k", "2", "--out", str(out)])  # fmt: skip
     assert rc == 0
-    res = json.loads((out / "result.json").read_text())
+    res = json.loads((out / "result.json").read_text())["data"]
     assert max(c["rel_err_fp32"] for c in res["identity"]) < 1e-5
     assert (out / "index.html").exists() and (out / "rank1_identity.png").exists()
 

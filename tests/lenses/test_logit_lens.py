@@ -121,13 +121,13 @@ def test_bad_inputs(tiny_llama: ls.Model) -> None:
 def test_save_and_cli_write_json_png_html(tiny_llama: ls.Model, tmp_path) -> None:
     res = logit_lens(tiny_llama, PROMPTS, target=" the", k=3)
     folder = res.save(tmp_path / "api")
-    data = json.loads((folder / "result.json").read_text())
+    data = json.loads((folder / "result.json").read_text())["data"]
     assert [p["emergence_layer"] for p in data["prompts"]] == res.emergence()
     assert {"index.html", "rank.png", "curves.png", "heatmap_0.png"} <= {p.name for p in folder.iterdir()}
     recs = tmp_path / "p.jsonl"
     recs.write_text("\n".join(json.dumps({"prompt": p, "target": " the"}) for p in PROMPTS))
     assert main(["lens", "--tiny", "llama", "--prompts", str(recs), "--out", str(tmp_path / "cli")]) == 0
-    assert len(json.loads((tmp_path / "cli" / "result.json").read_text())["prompts"]) == 2
+    assert len(json.loads((tmp_path / "cli" / "result.json").read_text())["data"]["prompts"]) == 2
     assert main(["lens", "--tiny", "llama", "hello world", "--out", str(tmp_path / "one")]) == 0
     assert (tmp_path / "one" / "heatmap.png").is_file()
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lmscope as ls
-from lmscope.core.datasets import load_jsonl
+from lmscope.data.bundled import load_json, load_jsonl
 from lmscope.lenses import logit_lens
 from lmscope.lenses import multihop as mh
 
@@ -34,7 +34,7 @@ def test_build_two_hop_keeps_only_known_facts(monkeypatch: pytest.MonkeyPatch) -
     for rel in ("landmark_country", "company_country", "country_capital", "country_language"):
         for n, r in enumerate(load_jsonl(f"relations/{rel}.jsonl")):
             truth[(rel, r["subject"])] = (r["object"], n % 3 == 0)
-    templates = ls.core.datasets.load_json("relations/templates.json")
+    templates = load_json("relations/templates.json")
     by_prompt = {templates[rel]["prompt"].format(s): obj_known for (rel, s), obj_known in truth.items()}
 
     def fake_top1(model, prompts, batch_size=16):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -71,7 +73,9 @@ def test_bad_inputs_and_cli(tiny_llama: ls.Model, tmp_path) -> None:
         preset_sweep(tiny_llama, "nope", "hello")
     assert main(["patchscope", "--tiny", "llama", "hello", "world", "--layers", "0-2", "--max-new-tokens", "3",
                  "--out", str(tmp_path)]) == 0  # fmt: skip
-    assert (tmp_path / "hello" / "result.json").is_file() and (tmp_path / "world" / "index.html").is_file()
+    doc = json.loads((tmp_path / "result.json").read_text())
+    assert sorted(doc["data"]["sources"]) == ["hello", "world"] and doc["data"]["layers"] == [0, 1, 2]
+    assert "world: Per source layer" in (tmp_path / "index.html").read_text()
 
 
 @pytest.mark.bundled

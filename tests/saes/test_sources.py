@@ -7,7 +7,7 @@ from collections import Counter
 import torch
 
 import lmscope as ls
-from lmscope.core.store import HarvestConfig, harvest
+from lmscope.experiments.store import HarvestConfig, harvest
 from lmscope.saes import ModelSource, StoreSource, TensorSource
 
 SITE = "blocks.1.hook_resid_post"

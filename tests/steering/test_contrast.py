@@ -35,7 +35,7 @@ def test_ab_format_differs_only_in_the_answer_letter() -> None:
 
 
 def _data(rel: str) -> str:
-    from lmscope.core.datasets import data_path
+    from lmscope.data.bundled import data_path
 
     return str(data_path(rel))
 

@@ -1,7 +1,7 @@
 """A discovered circuit: kept edges of the component graph, their scores, saving and drawing.
 
 Saved as two files side by side: ``<name>.safetensors`` (the kept mask and the scores, with
-provenance, through :func:`lmscope.core.artifacts.save_artifact`) and ``<name>.json`` (the same
+provenance, through :func:`lmscope.experiments.artifacts.save_artifact`) and ``<name>.json`` (the same
 circuit as readable lists of nodes and edges).
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lmscope.core.artifacts import Provenance, atomic_write_json, load_artifact, save_artifact
+from lmscope.experiments.artifacts import Provenance, atomic_write_json, load_artifact, save_artifact
 
 from .graph import ComponentGraph
 
@@ -103,7 +103,7 @@ class Circuit:
 
     def draw(self, *, title: str | None = None):
         """Layer on the x axis, head on the y axis (MLPs on top); kept edges as lines. Returns the figure."""
-        from lmscope.core.outputs import new_figure
+        from lmscope.experiments.report import new_figure
 
         g = self.graph
         fig, ax = new_figure(figsize=(max(6.0, 0.35 * g.n_layers + 3), 5))

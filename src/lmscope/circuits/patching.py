@@ -227,7 +227,7 @@ def head_by_pos(model: Model, task: TaskPairs, *, layers: Sequence[int] | None =
 
 def heatmap(grid: PatchGrid, *, title: str | None = None, xlabel: str = "", ylabel: str = "layer"):
     """A diverging heatmap of a grid (red = restores the clean behaviour); returns the figure."""
-    from lmscope.core.outputs import new_figure
+    from lmscope.experiments.report import new_figure
 
     v = grid.values.float().numpy()
     h = max(3.0, min(12.0, 0.22 * len(grid.rows) + 1.5))

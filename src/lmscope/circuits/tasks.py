@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
-from lmscope.core.datasets import load_json, load_jsonl
+from lmscope.data.bundled import load_json, load_jsonl
 
 if TYPE_CHECKING:
     from lmscope.core.inputs import Batch
@@ -265,8 +265,9 @@ class Filtered:
 
 
 @torch.no_grad()
-def filter_correct(model: Model, task: TaskPairs, *, batch_size: int = 32) -> Filtered:
-    """Keep only the examples the model gets right; report the fraction and the metrics."""
+def filter_correct(model: Model, task: TaskPairs, *, batch_size: int = 32, only_correct: bool = True) -> Filtered:
+    """Keep only the examples the model gets right (all of them with ``only_correct=False``); report the fraction
+    right and the metrics of the kept examples."""
     right, m_clean, m_corrupt = [], [], []
     for lo in range(0, task.n, batch_size):
         part = task.subset(range(lo, min(task.n, lo + batch_size)))
@@ -276,8 +277,43 @@ def filter_correct(model: Model, task: TaskPairs, *, batch_size: int = 32) -> Fi
         m_clean.append(part.metric(lc))
         m_corrupt.append(part.metric(lk))
     ok = torch.cat(right)
+    accuracy = float(ok.float().mean())
+    if not only_correct:
+        ok = torch.ones_like(ok)
     rows = ok.nonzero().flatten().tolist()
     if not rows:
         raise ValueError(f"the model gets none of the {task.n} {task.name!r} examples right")
     mc, mk = torch.cat(m_clean)[ok], torch.cat(m_corrupt)[ok]
-    return Filtered(task.subset(rows), float(ok.float().mean()), task.n, float(mc.mean()), float(mk.mean()))
+    return Filtered(task.subset(rows), accuracy, task.n, float(mc.mean()), float(mk.mean()))
+
+
+def pairs_task(model: Model, path: str) -> TaskPairs:
+    """Your own clean/corrupt pairs: a JSONL file of ``{"clean", "corrupt", "answer", "wrong"}`` records.
+
+    ``answer`` is the next token the clean prompt should get and ``wrong`` the one the corruption
+    points to, each a single token (with its leading space, e.g. " Mary"); the metric is
+    logit(answer) - logit(wrong). Pairs whose clean and corrupt prompts differ in token length
+    are dropped; the most common length is kept, so positions line up.
+    """
+    from pathlib import Path
+
+    from lmscope.data.bundled import read_jsonl
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"pairs file {path} does not exist")
+    rows = read_jsonl(path)
+    if not rows:
+        raise ValueError(f"pairs file {path} holds no records")
+    correct, wrong = [], []
+    for n, r in enumerate(rows, 1):
+        missing = {"clean", "corrupt", "answer", "wrong"} - set(r)
+        if missing:
+            raise ValueError(f"{path}: record {n} lacks {sorted(missing)} (each needs clean, corrupt, answer, wrong)")
+        ids = [model.tokenizer(r[k], add_special_tokens=False)["input_ids"] for k in ("answer", "wrong")]
+        for key, got in zip(("answer", "wrong"), ids, strict=True):
+            if len(got) != 1:
+                raise ValueError(f"{path}: record {n}: {key} {r[key]!r} is {len(got)} tokens; it must be exactly one")
+        correct.append(ids[0])
+        wrong.append(ids[1])
+    task = TaskPairs(Path(path).stem, [r["clean"] for r in rows], [r["corrupt"] for r in rows], correct, wrong, "logit_diff")
+    return _same_length(model, task)

@@ -1,20 +1,36 @@
-"""The ``lmscope`` command. Each family adds its subcommands from ``lmscope.cli.<family>``.
+"""The ``lmscope`` command, generated from the experiment configs (:mod:`lmscope.cli.commands`).
 
-A family module exposes ``register(subparsers)``; it adds its parser(s) and sets
-``func=`` on each to a function taking the parsed args and returning an exit code.
+Every command is one experiment class: its fields become its flags (one vocabulary: ``--layers``
+takes ``6 10 14``, ``6,10,14`` or ``0-29:3`` everywhere; ``--strength`` is every strength;
+``--prompts`` every prompt file), and every command takes the same ``--model``, ``--tiny``,
+``--device``, ``--dtype`` and ``--out``. Defaults are the library's, because they are the same
+dataclass defaults. Exit codes: 0 done, 1 the work failed, 2 bad usage or input files (found
+before any model loads), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
 import os
 import sys
+import typing
+from pathlib import Path
+from typing import Any
 
-FAMILY_MODULES = (
-    "info", "harvest", "lens", "patchscope", "multihop", "steer", "introspect", "icl", "neurons", "sae", "circuits",
-    "relations", "sparse", "tour",
-)
+from lmscope.core.version import LMSCOPE_VERSION
+from lmscope.experiments.spec import parse_layers, unwrap
+
+EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPT = 1, 2, 130
+
+COMMON: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--model", {"help": "bundled name, HF folder, .gguf file or hub id (default: the bundled SmolLM2-135M)"}),
+    ("--tiny", {"metavar": "FAMILY", "help": "a tiny random model of this family instead (llama, gpt2, ...: mechanics only)"}),
+    ("--device", {"help": "torch device for the model (cpu, cuda, cuda:1, mps; default cpu)"}),
+    ("--dtype", {"help": "model dtype (float32 default, bfloat16, float16)"}),
+    ("--out", {"help": "output folder: result.json, figures, index.html (default outputs/<command>)"}),
+    ("--quiet", {"action": "store_true", "help": "no progress on stderr"}),
+)  # fmt: skip
 
 
 def set_threads(n: int | None = None) -> None:
@@ -25,44 +41,114 @@ def set_threads(n: int | None = None) -> None:
     torch.set_num_threads(threads)
 
 
+def _field_options(f: dataclasses.Field, hint: Any) -> tuple[list[str], dict[str, Any]]:
+    """argparse names and options for one experiment field."""
+    meta = f.metadata
+    hint = unwrap(hint)[0]
+    origin = typing.get_origin(hint)
+    opts: dict[str, Any] = {"help": meta.get("help") or None, "dest": f.name}
+    if meta.get("choices"):
+        opts["choices"] = list(meta["choices"])
+    if origin is tuple:
+        opts["nargs"] = "+"
+        opts["metavar"] = meta.get("metavar") or ("LAYERS" if f.name.endswith("layers") else f.name.upper())
+        if f.name.endswith("layers"):
+            opts["help"] = (opts["help"] or "layers") + " (6 10 14, 6,10,14, 0-29:3 or all)"
+    elif hint is bool:
+        opts["action"] = argparse.BooleanOptionalAction
+    else:
+        opts["type"] = hint
+        opts["metavar"] = meta.get("metavar")
+    if meta.get("positional"):
+        opts.pop("dest")
+        opts["nargs"] = "*" if origin is tuple else "?"
+        opts.pop("metavar", None)
+        return [f.name], opts
+    if meta.get("required") and not meta.get("positional"):
+        opts["required"] = True
+    return ["--" + f.name.replace("_", "-")], opts
+
+
+def _to_value(f: dataclasses.Field, hint: Any, raw: Any) -> Any:
+    """A parsed CLI value as the field's type (lists to tuples, the layer grammar, comma lists)."""
+    if raw is None or not isinstance(raw, list):
+        return raw
+    if f.name.endswith("layers"):
+        return parse_layers(raw)
+    item = (typing.get_args(unwrap(hint)[0]) or (str,))[0]
+    parts = [p for r in raw for p in (r.split(",") if f.metadata.get("split", True) else [r]) if p != ""]
+    try:
+        return tuple(item(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--{f.name.replace('_', '-')}: {raw} are not all {item.__name__} values") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from lmscope.cli.commands import COMMANDS
+
     parser = argparse.ArgumentParser(prog="lmscope", description="Look inside language models and change what you find.")
+    parser.add_argument("--version", action="version", version=f"lmscope {LMSCOPE_VERSION}")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default $LMSCOPE_THREADS)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in FAMILY_MODULES:
-        try:
-            module = importlib.import_module(f"lmscope.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"lmscope.cli.{name}":
-                continue  # that family has no CLI yet
-            raise
-        module.register(sub)
+    groups: dict[str, Any] = {}
+    for cls in COMMANDS:
+        *group, name = cls.command.split()
+        where = sub
+        if group:
+            if group[0] not in groups:
+                g = sub.add_parser(group[0], help=f"{group[0]} commands")
+                groups[group[0]] = g.add_subparsers(dest=f"{group[0]}_command", metavar="ACTION", required=True)
+            where = groups[group[0]]
+        p = where.add_parser(name, help=cls.about, description=(cls.__doc__ or cls.about).strip(),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        hints = typing.get_type_hints(cls)
+        options = [_field_options(f, hints[f.name]) for f in dataclasses.fields(cls)] + [([n], o) for n, o in COMMON]
+        for names, opts in options:
+            p.add_argument(*names, **{k: v for k, v in opts.items() if v is not None})
+        p.set_defaults(experiment=cls)
     return parser
 
 
-EXIT_USAGE = 2
-"""Bad arguments or input files (argparse uses 2 as well)."""
-EXIT_RUNTIME = 1
-"""The work itself failed (after the model loaded)."""
+def experiment_from_args(args: argparse.Namespace) -> Any:
+    cls = args.experiment
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        raw = getattr(args, f.name)
+        values[f.name] = f.default if raw is None and f.default is not dataclasses.MISSING else _to_value(f, hints[f.name], raw)
+    exp = cls(**values)
+    exp.validate()
+    return exp
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
+    if not getattr(args, "experiment", None):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     set_threads(args.threads)
+    from lmscope.experiments import open_model, run
+
+    started = False
     try:
-        return int(args.func(args) or 0)
+        exp = experiment_from_args(args)
+        if not exp.uses_model and (args.model or args.tiny):
+            raise ValueError(f"{exp.command} does not use a model; drop --model/--tiny")
+        out = Path(args.out or Path("outputs") / exp.command.replace(" ", "-"))
+        model = open_model(args.model, tiny=args.tiny, device=args.device, dtype=args.dtype) if exp.uses_model else None
+        started = True  # settings, input files and the model are fine: from here on a failure is the work's (exit 1)
+        result = run(exp, model=model, out=out, quiet=args.quiet)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPT
     except (ValueError, TypeError, FileNotFoundError, IndexError, KeyError, NotImplementedError) as exc:
-        # Exit codes: 2 = usage (bad arguments or input files, found before the model loads), 1 = the work failed.
-        runtime = getattr(args, "work_started", False)
-        print(f"lmscope: {'error' if runtime else 'usage error'}: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME if runtime else EXIT_USAGE
+        print(f"lmscope: {'error' if started else 'usage error'}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME if started else EXIT_USAGE
+    for line in result.lines:
+        print(line)
+    print(f"wrote {out}/index.html")
+    return 0
 
 
 if __name__ == "__main__":

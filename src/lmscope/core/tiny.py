@@ -65,7 +65,7 @@ def tiny_config(family: str, vocab_size: int) -> Any:
     )
     llama_like: dict[str, Any] = dict(
         hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, **common,
+        num_key_value_heads=2, max_position_embeddings=1024, **common,
     )  # fmt: skip
     if family == "gpt2":
         return tf.GPT2Config(n_embd=64, n_layer=3, n_head=4, n_positions=256, n_inner=128, **common)

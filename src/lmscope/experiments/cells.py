@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lmscope.core.artifacts import atomic_write_json
+from lmscope.experiments.artifacts import atomic_write_json
 from lmscope.experiments.identity import Identity, check_resume
 
 FORMAT = "lmscope.cells"

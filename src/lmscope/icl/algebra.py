@@ -25,9 +25,9 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from lmscope.core.datasets import load_jsonl
 from lmscope.core.model import Model
-from lmscope.core.outputs import Report, new_figure
+from lmscope.data.bundled import load_jsonl
+from lmscope.experiments.report import Result, new_figure
 from lmscope.icl.tasks import FORMATS, Pair, Task, first_token_accuracy, load_task, make_queries, predict
 from lmscope.icl.vectors import add_at_last, build_vectors
 
@@ -70,10 +70,10 @@ def list_tasks(item_task: str = "country_capital", *, seed: int = 0) -> dict[str
 
 
 def algebra_report(
-    model: Model, out: str | Path, *, fmt: str = "qa", layers: Sequence[int] | None = None, k: int = 5, n: int = 24,
+    model: Model, out: str | Path | None = None, *, fmt: str = "qa", layers: Sequence[int] | None = None, k: int = 5, n: int = 24,
     seed: int = 0, item_task: str = "country_capital",
-) -> dict:  # fmt: skip
-    """Run the composition benchmark per layer and write JSON, a figure and HTML to ``out``."""
+) -> Result:  # fmt: skip
+    """Run the composition benchmark per layer; its :class:`Result` (``.data``: the numbers), written to ``out`` if given."""
     f = FORMATS[fmt]
     layers = list(range(0, model.shape.n_layers, 3)) if layers is None else list(layers)
     tasks = list_tasks(item_task, seed=seed)
@@ -118,12 +118,11 @@ def algebra_report(
     result["best"] = {"zero_shot": result["zero_shot"], "icl": result["icl"]} | {
         m: result["per_layer"][str(best)][m] for m in candidates
     }
-    _write(model, result, out, layers, list(candidates))
-    return result
+    return _write(model, result, out, layers, list(candidates))
 
 
-def _write(model: Model, result: dict, out: str | Path, layers: list[int], names: list[str]) -> None:
-    rep = Report(f"Vector algebra: {result['item_task']} of the last item — {model.model_id}")
+def _write(model: Model, result: dict, out: str | Path | None, layers: list[int], names: list[str]) -> Result:
+    rep = Result(f"Vector algebra: {result['item_task']} of the last item — {model.model_id}")
     fig, ax = new_figure(figsize=(8, 4.5))
     for name in names:
         ax.plot(layers, [result["per_layer"][str(L)][name] for L in layers], marker="o", ms=3, label=name)
@@ -141,4 +140,7 @@ def _write(model: Model, result: dict, out: str | Path, layers: list[int], names
               [[t, r["zero_shot"], r["icl"], max(r["own_vector_per_layer"])]
                for t, r in result["ingredients"].items()])  # fmt: skip
     rep.text("Baselines", f"zero-shot {result['zero_shot']:.3f}, ICL {result['icl']:.3f} on {result['n']} held-out lists")
-    rep.write(out, result)
+    rep.data = result
+    if out is not None:
+        rep.write(out)
+    return rep

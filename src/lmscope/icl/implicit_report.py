@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmscope.core.model import Model
-from lmscope.core.outputs import Report, new_figure
+from lmscope.experiments.report import Result, new_figure
 from lmscope.icl.rank1 import absorb_context, verify_rank1
 from lmscope.icl.takeaways import takeaway_experiments, transfer
 from lmscope.icl.tasks import FORMATS, load_task
@@ -32,14 +32,14 @@ def _say(msg: str) -> None:
 
 
 def rank1_report(
-    model: Model, tasks: Sequence[str], out: str | Path, *, fmt: str = "qa", k: int = 5, n_queries: int = 5,
+    model: Model, tasks: Sequence[str], out: str | Path | None = None, *, fmt: str = "qa", k: int = 5, n_queries: int = 5,
     n_sources: int = 2, n_targets: int = 20, seed: int = 0, do_transfer: bool = True,
-) -> dict:  # fmt: skip
+) -> Result:  # fmt: skip
     """Identity per layer, absorption KL per (task, query), transfer per task; written to ``out``."""
     f = FORMATS[fmt]
     rng = random.Random(seed)
     result: dict = {"model": model.model_id, "format": fmt, "k": k, "identity": [], "absorption": [], "transfer": {}}
-    rep = Report(f"Implicit rank-1 update of in-context learning — {model.model_id}")
+    rep = Result(f"Implicit rank-1 update of in-context learning — {model.model_id}")
     first = load_task(tasks[0])
     demos = rng.sample(first.train, k)
     checks = verify_rank1(model, f.context(demos), f.ask(first.test[0].input))
@@ -93,14 +93,16 @@ def rank1_report(
                   [[t, r["acc_alone"], r["acc_icl"], r["acc_transfer"], r["acc_transfer_first_only"], r["acc_control"],
                     r["kl_alone"], r["kl_transfer"], r["kl_transfer_first_only"], r["kl_control"]]
                    for t, r in result["transfer"].items()])  # fmt: skip
-    rep.write(out, result)
-    return result
+    rep.data = result
+    if out is not None:
+        rep.write(out)
+    return rep
 
 
 def trajectory_report(
-    model: Model, task_name: str, out: str | Path, *, fmt: str = "qa", k: int = 8, n_queries: int = 20,
+    model: Model, task_name: str, out: str | Path | None = None, *, fmt: str = "qa", k: int = 8, n_queries: int = 20,
     seed: int = 0, takeaway_tasks: Sequence[str] = (), layers: Sequence[int] | None = None,
-) -> dict:  # fmt: skip
+) -> Result:  # fmt: skip
     """Token-by-token trajectory of a k-shot context at every layer, plus the takeaway experiments."""
     f = FORMATS[fmt]
     task = load_task(task_name)
@@ -109,7 +111,7 @@ def trajectory_report(
     ids, ends = demo_ends(model, [f.demo(p) for p in demos], f.sep)
     tr = trajectory(model, ids, f.ask(task.test[0].input), layers, example_ends=ends)
     result: dict = {"model": model.model_id, "task": task_name, "format": fmt, "k": k, "trajectory": tr.to_json()}
-    rep = Report(f"Token-by-token implicit updates — {model.model_id}, task {task_name}")
+    rep = Result(f"Token-by-token implicit updates — {model.model_id}, task {task_name}")
     fig, axes = new_figure(1, 4, figsize=(20, 4))
     show = sorted(set([tr.layers[0], tr.layers[len(tr.layers) // 3], tr.layers[2 * len(tr.layers) // 3], tr.layers[-1]]))
     for layer in show:
@@ -152,5 +154,7 @@ def trajectory_report(
         ax.set_title("Context length")
         ax.legend(fontsize=7)
         rep.figure("length", fig, "Accuracy vs number of demonstrations")
-    rep.write(out, result)
-    return result
+    rep.data = result
+    if out is not None:
+        rep.write(out)
+    return rep

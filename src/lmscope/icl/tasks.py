@@ -2,7 +2,7 @@
 
 A task is a list of :class:`Pair` with a ``split`` ("train" pairs feed demonstrations and
 vectors, "test" pairs are the held-out queries). The built-in tasks live in
-``lmscope/core/data/tasks/<name>.jsonl`` (``{"input", "output", "split"}`` per line); any JSONL
+``lmscope/data/files/tasks/<name>.jsonl`` (``{"input", "output", "split"}`` per line); any JSONL
 file with the same fields works too (:func:`load_task` takes a path).
 
 A :class:`PromptFormat` turns pairs into text. ``qa`` writes ``"Q: hot\\nA: cold"`` blocks
@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lmscope.core.datasets import DATA_DIR, read_jsonl
 from lmscope.core.metrics import at_last
 from lmscope.core.model import Model
+from lmscope.data.bundled import DATA_DIR, read_jsonl
 
 BUILTIN_TASKS: tuple[str, ...] = (
     "antonyms", "country_capital", "english_french", "singular_plural", "present_past", "lower_upper",

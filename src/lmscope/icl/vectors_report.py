@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lmscope.core.model import Model
-from lmscope.core.outputs import Report, new_figure
+from lmscope.experiments.report import Result, new_figure
 from lmscope.icl.function_vectors import aie_from_prompts, function_vector, head_prompts, top_heads
 from lmscope.icl.tasks import FORMATS, first_token_accuracy, load_task, make_queries, predict
 from lmscope.icl.vectors import add_at_last, build_vectors, evaluate_injection
@@ -25,10 +25,10 @@ LIU_STRENGTHS = (0.5, 1.0, 2.0)
 
 
 def vectors_report(
-    model: Model, tasks: Sequence[str], out: str | Path, *, fmt: str = "qa", layers: Sequence[int] | None = None,
+    model: Model, tasks: Sequence[str], out: str | Path | None = None, *, fmt: str = "qa", layers: Sequence[int] | None = None,
     k: int = 5, n: int = 30, fv_tasks: int = 3, fv_heads: int = 10, seed: int = 0,
-) -> dict:  # fmt: skip
-    """Run the whole evaluation and write it to ``out``; returns the result dict."""
+) -> Result:  # fmt: skip
+    """Run the whole evaluation; its :class:`Result` (``.data``: the numbers), written to ``out`` if given."""
     f = FORMATS[fmt]
     layers = list(range(0, model.shape.n_layers, 3)) if layers is None else list(layers)
     loaded = {name: load_task(name) for name in tasks}
@@ -73,12 +73,11 @@ def vectors_report(
             **{f"best_{m}": max(row[m]) for m in METHODS if m in row},
             **{f"best_layer_{m}": layers[max(range(len(layers)), key=lambda i: row[m][i])] for m in METHODS if m in row},
         }  # fmt: skip
-    _write(model, result, out, layers)
-    return result
+    return _write(model, result, out, layers)
 
 
-def _write(model: Model, result: dict, out: str | Path, layers: list[int]) -> None:
-    rep = Report(f"In-context, task and function vectors — {model.model_id}, format {result['format']}")
+def _write(model: Model, result: dict, out: str | Path | None, layers: list[int]) -> Result:
+    rep = Result(f"In-context, task and function vectors — {model.model_id}, format {result['format']}")
     names = list(result["tasks"])
     cols = 4
     rows = (len(names) + cols - 1) // cols
@@ -124,4 +123,7 @@ def _write(model: Model, result: dict, out: str | Path, layers: list[int]) -> No
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         rep.figure("aie", fig, "Average indirect effect per head")
-    rep.write(out, result)
+    rep.data = result
+    if out is not None:
+        rep.write(out)
+    return rep

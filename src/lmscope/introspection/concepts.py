@@ -28,11 +28,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lmscope.core.datasets import load_json
 from lmscope.core.hooks import capture
 from lmscope.core.inputs import chat_text, pad_rows
 from lmscope.core.model import Model
 from lmscope.core.sites import Site
+from lmscope.data.bundled import load_json
 
 Read = Literal["last", "word"]
 
@@ -51,7 +51,7 @@ class ConceptWords:
 
 
 def load_concepts() -> ConceptWords:
-    """The built-in lists (core/data/concepts.json)."""
+    """The built-in lists (data/files/concepts.json)."""
     d = load_json("concepts.json")
     return ConceptWords(list(d["concepts"]), list(d["baseline_words"]), {k: list(v) for k, v in d.get("synonyms", {}).items()})
 

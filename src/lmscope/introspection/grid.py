@@ -29,9 +29,9 @@ import torch
 
 from lmscope.core.hooks import intervene
 from lmscope.core.model import Model
-from lmscope.core.outputs import Report, new_figure
 from lmscope.core.sites import Site
 from lmscope.experiments import CellCheckpoint, identity
+from lmscope.experiments.report import Result, new_figure
 from lmscope.introspection.concepts import ConceptVectors, ConceptWords, Read, concept_vectors, load_concepts
 from lmscope.introspection.protocol import InjectFrom, RowwiseInjection, grade, names_concept, run_trials, summarize
 
@@ -104,7 +104,10 @@ class IntrospectionResult:
                 "trials": self.trials}  # fmt: skip
 
     def write(self, folder: str | Path) -> Path:
-        rep = Report("Concept injection: does the model notice an injected thought?")
+        return self.report().write(folder)
+
+    def report(self) -> Result:
+        rep = Result("Concept injection: does the model notice an injected thought?")
         rep.table("Rates per cell (paper, Claude Opus 4.1: ~20% detection, 0 false positives)",
                   ["layer", "strength", "detection", "identification", "false positive", "injected", "controls"],
                   [[k[0], k[1], v["detection"], v["identification"], v["false_positive"], v["n_injected"], v["n_control"]]
@@ -113,7 +116,8 @@ class IntrospectionResult:
         sample = [[t["layer"], t["strength"], t["concept"] or "(control)", t["detected"], t["identified"], t["answer"][:160]]
                   for t in self.trials[:: max(1, len(self.trials) // 40)]]  # fmt: skip
         rep.table("Sample of graded answers", ["layer", "strength", "concept", "detected", "identified", "answer"], sample)
-        return rep.write(folder, self.to_dict())
+        rep.data = self.to_dict()
+        return rep
 
 
 def pick_concepts(cfg: IntrospectionConfig, words: ConceptWords) -> list[str]:

@@ -38,7 +38,7 @@ from lmscope.core.hooks import intervene
 from lmscope.core.inputs import Batch, position_ids_from_mask
 from lmscope.core.model import Model
 from lmscope.core.sites import Site
-from lmscope.core.text import mentions
+from lmscope.data.text import mentions
 
 PREAMBLE = (
     "I am an interpretability researcher studying transformer-based language models like you. I have access to "

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmscope.core.outputs import Report, new_figure
+from lmscope.experiments.report import Result, new_figure
 
 if TYPE_CHECKING:
     from lmscope.lenses.logit_lens import LogitLensResult
@@ -126,8 +125,8 @@ def result_dict(res: LogitLensResult) -> dict[str, Any]:
             "mean_curves": res.mean_curves(), "prompts": prompts}  # fmt: skip
 
 
-def save_result(res: LogitLensResult, folder: str | Path, *, max_heatmaps: int = 8) -> Path:
-    report = Report(f"{res.lens} lens on {res.model_id}")
+def result_page(res: LogitLensResult, *, max_heatmaps: int = 8) -> Result:
+    report = Result(f"{res.lens} lens on {res.model_id}")
     header, rows = res.summary_table()
     report.table("Prompts", header, rows)
     if len(res.prompts) == 1:
@@ -139,4 +138,5 @@ def save_result(res: LogitLensResult, folder: str | Path, *, max_heatmaps: int =
     for row in range(min(max_heatmaps, len(res.prompts))):
         name = "heatmap" if len(res.prompts) == 1 else f"heatmap_{row}"
         report.figure(name, res.heatmap(row), f"Top-1 token per layer and position: {res.prompts[row]!r}")
-    return report.write(folder, res.to_dict())
+    report.data = res.to_dict()
+    return report

@@ -1,6 +1,6 @@
 """Logit lens vs tuned lens on held-out text: KL(final || lens) and top-1 agreement per layer.
 
-The held-out split of ``lmscope.core.corpus`` (standard-library files the tuned lens never saw,
+The held-out split of ``lmscope.data.corpus`` (standard-library files the tuned lens never saw,
 chosen by a hash of their names) is cut into windows; at every position after the first
 ``skip_first`` (attention sink), each layer's ``resid_post`` is decoded by both lenses with the
 model's own fp32 ``unembed`` and compared with the model's real output distribution.
@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from lmscope.core.corpus import describe_corpus, token_chunks
 from lmscope.core.hooks import capture
 from lmscope.core.model import Model
-from lmscope.core.outputs import Report, new_figure
 from lmscope.core.sites import Site
+from lmscope.data.corpus import describe_corpus, token_chunks
+from lmscope.experiments.report import Result, new_figure
 from lmscope.lenses.tuned_lens import TunedLens
 
 
@@ -44,7 +44,7 @@ class LensComparison:
     top1: dict[str, list[float]]
     """Lens name -> fraction of positions where the lens's top-1 equals the model's top-1."""
     corpus: dict[str, Any]
-    """Which held-out text (lmscope.core.corpus.describe_corpus)."""
+    """Which held-out text (lmscope.data.corpus.describe_corpus)."""
 
     def tuned_beats_logit(self) -> list[bool]:
         """Per layer: is the tuned lens's KL strictly lower than the logit lens's?"""
@@ -76,10 +76,14 @@ class LensComparison:
         return asdict(self) | {"tuned_beats_logit": self.tuned_beats_logit()}
 
     def save(self, folder: str | Path) -> Path:
-        report = Report(f"Logit lens vs tuned lens on {self.model_id}")
+        return self.report().write(folder)
+
+    def report(self) -> Result:
+        report = Result(f"Logit lens vs tuned lens on {self.model_id}")
         report.table("Per layer, held-out text", *self.table())
         report.figure("lens_comparison", self.figure(), "KL to the model's output and top-1 agreement, per layer")
-        return report.write(folder, self.to_dict())
+        report.data = self.to_dict()
+        return report
 
 
 @torch.no_grad()

@@ -226,11 +226,15 @@ class LogitLensResult:
 
         return result_dict(self)
 
-    def save(self, folder: str | Path, *, max_heatmaps: int = 8) -> Path:
-        """Write result.json, heatmap/rank PNGs and index.html (via lmscope.core.outputs.Report)."""
-        from lmscope.lenses._plots import save_result
+    def report(self, *, max_heatmaps: int = 8):  # -> lmscope.experiments.Result
+        """The page: tables, rank/curve figures and per-prompt heatmaps."""
+        from lmscope.lenses._plots import result_page
 
-        return save_result(self, folder, max_heatmaps=max_heatmaps)
+        return result_page(self, max_heatmaps=max_heatmaps)
+
+    def save(self, folder: str | Path, *, max_heatmaps: int = 8) -> Path:
+        """Write result.json, heatmap/rank PNGs and index.html."""
+        return self.report(max_heatmaps=max_heatmaps).write(folder)
 
 
 def resolve_sites(model: Model, sites: str | SiteLike | Sequence[SiteLike]) -> list[Site]:

@@ -41,10 +41,10 @@ import torch
 from torch import Tensor
 
 from lmscope.core import edits
-from lmscope.core.datasets import load_json, load_jsonl
 from lmscope.core.hooks import capture, intervene
 from lmscope.core.model import Model
 from lmscope.core.sites import Site
+from lmscope.data.bundled import load_json, load_jsonl
 from lmscope.lenses.logit_lens import Translator
 
 # (hop-1 relation, hop-2 relation) -> two-hop template; {} is the hop-1 subject.
@@ -212,7 +212,7 @@ class BackpatchResult:
 
     def heatmap(self):
         """Figure: fix rate per (j, i) over the failed queries."""
-        from lmscope.core.outputs import new_figure
+        from lmscope.experiments.report import new_figure
 
         js, is_ = sorted({j for j, _ in self.pairs}), sorted({i for _, i in self.pairs})
         grid = torch.full((len(js), len(is_)), float("nan"))
@@ -317,9 +317,14 @@ def backpatch(model: Model, queries: Sequence[dict[str, Any]], *, pairs: Sequenc
 
 def save_multihop(folder: str | Path, data: TwoHopDataset, analysis: TwoHopAnalysis, patch: BackpatchResult | None) -> Path:
     """result.json + index.html (+ backpatching heatmap)."""
-    from lmscope.core.outputs import Report
+    return multihop_page(data, analysis, patch).write(folder)
 
-    report = Report("Two-hop queries and backpatching")
+
+def multihop_page(data: TwoHopDataset, analysis: TwoHopAnalysis, patch: BackpatchResult | None) -> Any:
+    """The :class:`~lmscope.experiments.Result` of a two-hop analysis (and backpatching, if run)."""
+    from lmscope.experiments.report import Result
+
+    report = Result("Two-hop queries and backpatching")
     report.table("One-hop checks", ["relation", "checked", "correct", "accuracy"],
                  [[r, v["checked"], v["correct"], round(v["accuracy"], 3)] for r, v in data.one_hop.items()])  # fmt: skip
     s = analysis.summary()
@@ -333,4 +338,5 @@ def save_multihop(folder: str | Path, data: TwoHopDataset, analysis: TwoHopAnaly
     if patch is not None and patch.fixed.numel():
         report.figure("backpatch_heatmap", patch.heatmap(), "Fix rate per (source j, target i)")
         result["backpatching"] = patch.to_dict()
-    return report.write(folder, result)
+    report.data = result
+    return report

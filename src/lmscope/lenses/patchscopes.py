@@ -107,13 +107,17 @@ class PatchscopeSweep:
         return {"model_next_token": self.model_next_token, "rows": [asdict(r) for r in self.rows]}
 
     def save(self, folder: str | Path, title: str = "Patchscope layer sweep") -> Path:
-        from lmscope.core.outputs import Report
+        return self.report(title).write(folder)
 
-        report = Report(title)
+    def report(self, title: str = "Patchscope layer sweep"):  # -> lmscope.experiments.Result
+        from lmscope.experiments.report import Result
+
+        report = Result(title)
         first = self.rows[0]
         report.text("Setup", f"source {first.source_prompt!r} at token {first.source_token!r}; target {first.target_prompt!r}")
         report.table("Per source layer", *self.table())
-        return report.write(folder, self.to_dict())
+        report.data = self.to_dict()
+        return report
 
 
 def _position(n_tokens: int, position: int, what: str) -> int:

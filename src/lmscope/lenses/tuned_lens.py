@@ -7,7 +7,7 @@ from Transformers with the Tuned Lens") train, for each layer l, an affine map
 ``unembed(T_l(h_l))`` matches the model's own output distribution, minimising
 KL(final || lens) on ordinary text. The model is frozen; only the translators learn.
 
-Here: the corpus is the Python standard library's source text (``lmscope.core.corpus``: installed
+Here: the corpus is the Python standard library's source text (``lmscope.data.corpus``: installed
 with Python, nothing is downloaded; a held-out split by file hash). Training shows a progress bar,
 writes a checkpoint every ``checkpoint_every`` steps and resumes from it; the trained lens is an
 artifact (safetensors + provenance). :func:`compare_lenses` evaluates logit and tuned lens side by
@@ -48,12 +48,12 @@ import torch
 from torch import Tensor, nn
 
 from lmscope.core.architectures import get_module
-from lmscope.core.artifacts import Provenance, load_artifact, save_artifact
-from lmscope.core.corpus import describe_corpus, token_chunks
 from lmscope.core.hooks import capture
 from lmscope.core.model import Model
 from lmscope.core.sites import Site
+from lmscope.data.corpus import describe_corpus, token_chunks
 from lmscope.experiments import Identity, check_resume, identity
+from lmscope.experiments.artifacts import Provenance, load_artifact, save_artifact
 from lmscope.lenses.logit_lens import LogitLensResult, Targets, logit_lens
 
 KIND = "tuned_lens"

@@ -25,6 +25,7 @@ of values and plot a behaviour metric against it, with the random-neuron control
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -145,11 +146,13 @@ def _random_sets(width: int, exclude: list[int], size: int, n: int, seed: int) -
 
 def ablate(model: Model, layer: int, neurons: list[int], ids: Tensor, *, modes: tuple[str, ...] = MODES,
            reference: Tensor | None = None, score_mask: Tensor | None = None, n_controls: int = 5,
-           seed: int = 0, batch_size: int = 8, positions: Positions = "all") -> AblationResult:  # fmt: skip
+           seed: int = 0, batch_size: int = 8, positions: Positions = "all",
+           progress: Callable[[str], None] | None = None) -> AblationResult:  # fmt: skip
     """Ablate ``neurons`` of ``mlp_post`` at ``layer`` on windows ``ids`` (n, seq), scoring ``score_mask`` positions.
 
     ``reference`` windows give the mean and the resample pool (use other text than ``ids``);
-    ``positions`` says which token positions are ablated (see ``lmscope.core.edits``).
+    ``positions`` says which token positions are ablated (see ``lmscope.core.edits``);
+    ``progress`` hears one line per finished scoring run.
     """
     site = Site("mlp_post", layer)
     width = model.site_width(site)
@@ -159,9 +162,15 @@ def ablate(model: Model, layer: int, neurons: list[int], ids: Tensor, *, modes: 
     scorer = _Scorer(model, ids, score_mask, None, batch_size)
     sets = _random_sets(width, neurons, len(neurons), n_controls, seed)
     res = AblationResult(layer, list(neurons), {}, {}, sets)
+    total, done = len(modes) * (1 + len(sets)), 0
     for mode in modes:
-        res.effects[mode] = scorer.score(site, _edit(mode, neurons, mean, pool, seed, positions))
-        res.controls[mode] = [scorer.score(site, _edit(mode, s, mean, pool, seed, positions)) for s in sets]
+        scored = []
+        for s in [list(neurons), *sets]:
+            if progress:
+                progress(f"{mode} ablation: scoring run {done + 1}/{total}")
+            scored.append(scorer.score(site, _edit(mode, s, mean, pool, seed, positions)))
+            done += 1
+        res.effects[mode], res.controls[mode] = scored[0], scored[1:]
     return res
 
 
@@ -181,7 +190,7 @@ class DoseResponse:
 def dose_response(model: Model, layer: int, neurons: list[int], ids: Tensor, *, values: tuple[float, ...] = (
                   -2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0), mode: str = "scale", score_mask: Tensor | None = None,
                   token_set: list[int] | None = None, n_controls: int = 2, seed: int = 0,
-                  batch_size: int = 8) -> DoseResponse:  # fmt: skip
+                  batch_size: int = 8, progress: Callable[[str], None] | None = None) -> DoseResponse:  # fmt: skip
     """Multiply (``scale``) or set (``set``) the neurons to each of ``values`` and score each run."""
     if mode not in ("scale", "set"):
         raise ValueError(f"mode must be 'scale' or 'set', got {mode!r}")
@@ -191,15 +200,21 @@ def dose_response(model: Model, layer: int, neurons: list[int], ids: Tensor, *, 
     def edit(v: float, ns: list[int]) -> Edit:
         return edits.scale(v, index=ns) if mode == "scale" else edits.replace(torch.full((len(ns),), float(v)), index=ns)
 
-    effects = [scorer.score(site, edit(v, neurons)) for v in values]
     sets = _random_sets(model.site_width(site), neurons, len(neurons), n_controls, seed)
-    controls = [[scorer.score(site, edit(v, s)) for v in values] for s in sets]
+
+    def scored(v: float, ns: list[int], n: int) -> Effect:
+        if progress:
+            progress(f"dose-response: run {n + 1}/{len(values) * (1 + len(sets))}")
+        return scorer.score(site, edit(v, ns))
+
+    effects = [scored(v, neurons, i) for i, v in enumerate(values)]
+    controls = [[scored(v, s, (c + 1) * len(values) + i) for i, v in enumerate(values)] for c, s in enumerate(sets)]
     return DoseResponse(layer, list(neurons), mode, list(values), effects, controls)
 
 
 def dose_figure(res: DoseResponse, metric: str = "token_set_prob", label: str = ""):
     """Line plot of ``metric`` (an :class:`Effect` field) against the dose, with random-neuron controls."""
-    from lmscope.core.outputs import new_figure
+    from lmscope.experiments.report import new_figure
 
     fig, ax = new_figure(figsize=(6, 3.6))
     ax.plot(res.values, [getattr(e, metric) for e in res.effects], "o-", color="#c44e52",

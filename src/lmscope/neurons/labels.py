@@ -3,7 +3,7 @@
 The built-in property is **inside a string literal** in Python source: Python's own ``tokenize``
 module finds every STRING token (quotes, prefixes and docstrings included) in a document; a
 model token is labelled 1 when its characters lie strictly between a string's opening and closing
-quotes. Documents come from :mod:`lmscope.core.corpus` (the standard library's sources), so
+quotes. Documents come from :mod:`lmscope.data.corpus` (the standard library's sources), so
 train and held-out windows come from disjoint files.
 
     >>> from lmscope.neurons.labels import string_spans
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lmscope.core.corpus import corpus_documents
+from lmscope.data.corpus import corpus_documents
 
 _PREFIX = re.compile(r"^[rRbBuUfF]*")
 

@@ -2,7 +2,7 @@
 
 :func:`record` harvests ``mlp_post`` (the MLP's hidden activation, one value per neuron) of
 some layers over the installed corpus into an on-disk activation store
-(:mod:`lmscope.core.store`: checksummed shards, resumable). :func:`top_examples` streams the
+(:mod:`lmscope.experiments.store`: checksummed shards, resumable). :func:`top_examples` streams the
 store shard by shard and keeps, per neuron, the ``k`` tokens where it is largest, returned with
 the surrounding text and the token itself highlighted — the first thing to look at when asking
 "what does this neuron do?" (it shows correlation only; see ``ablate.py`` for causation).
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from lmscope.core.sites import Site, SiteLike, as_site
-from lmscope.core.store import ActivationStore, HarvestConfig, harvest
+from lmscope.experiments.store import ActivationStore, HarvestConfig, harvest
 
 if TYPE_CHECKING:
     from lmscope.core.model import Model

@@ -32,16 +32,17 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from lmscope.core import edits
-from lmscope.core.artifacts import Provenance, load_artifact, save_artifact
-from lmscope.core.datasets import list_data, load_json, load_jsonl
 from lmscope.core.hooks import capture, intervene
 from lmscope.core.sites import Site
+from lmscope.data.bundled import list_data, load_json, load_jsonl
+from lmscope.experiments.artifacts import Provenance, load_artifact, save_artifact
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -66,12 +67,28 @@ class Relation:
 
 
 def relation_names() -> list[str]:
-    """Names of the built-in relations (``core/data/relations``)."""
+    """Names of the built-in relations (``data/files/relations``)."""
     return sorted(p.split("/")[-1][: -len(".jsonl")] for p in list_data("relations") if p.endswith(".jsonl"))
 
 
 def load_relation(name: str) -> Relation:
-    """A built-in relation with its template and train/test split."""
+    """A built-in relation with its template and train/test split, or your own: a ``.jsonl`` file of
+    ``{"subject", "object", "split", "template"}`` records (one template, with one ``{}``, for all)."""
+    if name.endswith(".jsonl"):
+        from lmscope.data.bundled import read_jsonl
+
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"relation file {name} does not exist")
+        rows = read_jsonl(name)
+        for n, r in enumerate(rows, 1):
+            missing = {"subject", "object", "split", "template"} - set(r)
+            if missing:
+                raise ValueError(f"{name}: record {n} lacks {sorted(missing)} (each needs subject, object, split, template)")
+        templates = {r["template"] for r in rows}
+        if len(templates) != 1:
+            raise ValueError(f"{name}: records give {len(templates)} different templates; one relation has one template")
+        pairs = {s: [(r["subject"], r["object"]) for r in rows if r["split"] == s] for s in ("train", "test")}
+        return Relation(Path(name).stem, templates.pop(), pairs["train"], pairs["test"])
     names = relation_names()
     if name not in names:
         raise ValueError(f"unknown relation {name!r}; built-in relations: {names}")

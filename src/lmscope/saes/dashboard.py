@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmscope.core.artifacts import atomic_write_bytes, atomic_write_json
+from lmscope.experiments.artifacts import atomic_write_bytes, atomic_write_json
 from lmscope.saes.features import QUANTILES, Context, LatentStats, band_contexts, logit_effects, sample_codes, top_contexts
 from lmscope.saes.sae import SAE
 

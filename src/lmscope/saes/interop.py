@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lmscope.core.artifacts import Provenance, atomic_write_bytes, atomic_write_json, content_digest
 from lmscope.core.edits import check_finite
+from lmscope.experiments.artifacts import Provenance, atomic_write_bytes, atomic_write_json, content_digest
 from lmscope.saes.sae import SAE, SAEConfig
 
 CFG_FILE = "cfg.json"

@@ -26,6 +26,7 @@ starting point for attributing behaviour to latents.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -156,6 +157,7 @@ def evaluate_sae(
     batch_size: int = 8,
     skip_first: int = 1,
     dense_threshold: float = 0.1,
+    progress: Callable[[str], None] | None = None,
 ) -> SAEEval:
     """Measure an SAE on token ``chunks`` (n, seq) at its site.
 
@@ -194,6 +196,8 @@ def evaluate_sae(
         ce["zero"] += float(cross_entropy(zero, ids))
         ce["kl"] += float(kl_div(clean, spliced).mean())
         n_batches += 1
+        if progress:
+            progress(f"evaluated {min(i + batch_size, chunks.shape[0])}/{chunks.shape[0]} windows")
     total_var = sums["x2"] - float((x_sum**2).sum()) / n
     cc, cs, cz = (ce[k] / n_batches for k in ("clean", "spliced", "zero"))
     freqs = freq / n
@@ -207,7 +211,7 @@ def evaluate_sae(
 
 def frequency_figure(freqs: Tensor, title: str = "latent firing frequency"):
     """Histogram of log10 firing frequency (dead latents counted at the left edge)."""
-    from lmscope.core.outputs import new_figure
+    from lmscope.experiments.report import new_figure
 
     fig, ax = new_figure(figsize=(6, 3.2))
     n_tokens_floor = float(freqs[freqs > 0].min()) if bool((freqs > 0).any()) else 1e-6

@@ -5,7 +5,7 @@ same rows), which is what makes resumed training bit-identical to an uninterrupt
 
 - :class:`TensorSource`: an (tokens, d_in) tensor, e.g. a harvested activation store; each epoch
   is a seeded permutation.
-- :class:`StoreSource`: streams an on-disk activation store (``lmscope.core.store``) that need not
+- :class:`StoreSource`: streams an on-disk activation store (``lmscope.experiments.store``) that need not
   fit in RAM, through its seeded shuffled reader.
 - :class:`ModelSource`: runs the model on token chunks *while training*, stopping the forward
   pass right after the SAE's site (``capture(stop_early=True)``), and shuffles inside a buffer of
@@ -35,7 +35,7 @@ from lmscope.experiments import fingerprint
 
 if TYPE_CHECKING:
     from lmscope.core.model import Model
-    from lmscope.core.store import ActivationStore
+    from lmscope.experiments.store import ActivationStore
 
 
 class ActivationSource(Protocol):
@@ -91,7 +91,7 @@ class TensorSource:
 
 
 class StoreSource:
-    """Batches streamed from an on-disk :class:`lmscope.core.store.ActivationStore` (bigger than RAM).
+    """Batches streamed from an on-disk :class:`lmscope.experiments.store.ActivationStore` (bigger than RAM).
 
     Step t reads batch t mod (tokens // batch) of epoch t // (tokens // batch) from the store's
     shuffled reader (its order depends only on seed and epoch), so a resumed run sees the same rows.

@@ -25,7 +25,7 @@ from lmscope.core import edits
 from lmscope.core.edits import Edit
 from lmscope.core.hooks import intervene
 from lmscope.core.sites import SiteLike
-from lmscope.core.text import mention_rate
+from lmscope.data.text import mention_rate
 from lmscope.saes.metrics import check_site, clamp_latent
 from lmscope.saes.sae import SAE
 

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lmscope.core.artifacts import Provenance, load_artifact, save_artifact
 from lmscope.experiments import Identity, check_resume, identity
+from lmscope.experiments.artifacts import Provenance, load_artifact, save_artifact
 from lmscope.saes.sae import SAE, SAEConfig
 from lmscope.saes.sources import ActivationSource
 

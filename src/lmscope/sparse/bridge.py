@@ -31,11 +31,11 @@ import torch
 from torch import Tensor, nn
 
 from lmscope.core import edits
-from lmscope.core.artifacts import load_artifact, save_artifact
 from lmscope.core.hooks import capture, intervene
 from lmscope.core.metrics import kl_div
 from lmscope.core.model import Model
 from lmscope.core.sites import Site
+from lmscope.experiments.artifacts import load_artifact, save_artifact
 from lmscope.sparse.model import SparsityConfig, abs_topk, activation_sparsity
 
 

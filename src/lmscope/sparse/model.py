@@ -37,10 +37,10 @@ import torch
 from torch import Tensor, nn
 
 from lmscope.core import edits
-from lmscope.core.artifacts import Provenance, load_artifact, save_artifact
 from lmscope.core.hooks import intervene
 from lmscope.core.model import Model
 from lmscope.core.sites import Site, SiteLike
+from lmscope.experiments.artifacts import Provenance, load_artifact, save_artifact
 from lmscope.sparse.task import char_tokenizer, lm_batches
 
 ACT_KINDS = ("resid_post", "mlp_post", "attn_z")

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lmscope.core.datasets import load_jsonl
 from lmscope.core.metrics import cross_entropy
 from lmscope.core.model import Model
-from lmscope.core.text import mention_rate as mention_rate  # re-exported: the behaviour metrics in one place
-from lmscope.core.text import mentions as mentions
-from lmscope.core.text import normalize_quotes
+from lmscope.data.bundled import load_jsonl
+from lmscope.data.text import mention_rate as mention_rate  # re-exported: the behaviour metrics in one place
+from lmscope.data.text import mentions as mentions
+from lmscope.data.text import normalize_quotes
 from lmscope.steering.contrast import ContrastSet, Example, encode, render
 
 REFUSAL_PHRASES: tuple[str, ...] = (
@@ -128,7 +128,7 @@ def preference(model: Model, contrast: ContrastSet, *, batch_size: int = 16) -> 
 
 
 def neutral_texts(n: int | None = None) -> list[str]:
-    """The built-in neutral sentences (core/data/neutral_text.jsonl)."""
+    """The built-in neutral sentences (data/files/neutral_text.jsonl)."""
     texts = [r["text"] for r in load_jsonl("neutral_text.jsonl")]
     return texts if n is None else texts[:n]
 
@@ -150,7 +150,7 @@ def perplexity(model: Model, texts: Sequence[str], *, batch_size: int = 16) -> f
 
 
 def facts(n: int | None = None) -> list[tuple[str, str]]:
-    """(question, answer) pairs from core/data/simple_facts.jsonl."""
+    """(question, answer) pairs from data/files/simple_facts.jsonl."""
     rows = [(r["question"], r["answer"]) for r in load_jsonl("simple_facts.jsonl")]
     return rows if n is None else rows[:n]
 

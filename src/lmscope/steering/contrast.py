@@ -36,8 +36,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from lmscope.core.datasets import load_jsonl, read_jsonl
 from lmscope.core.inputs import Batch, chat_text, pad_rows
+from lmscope.data.bundled import load_jsonl, read_jsonl
 
 Format = Literal["plain", "completion", "ab"]
 

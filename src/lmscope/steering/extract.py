@@ -35,10 +35,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lmscope.core.artifacts import Provenance
 from lmscope.core.hooks import capture
 from lmscope.core.model import Model
 from lmscope.core.sites import Site
+from lmscope.experiments.artifacts import Provenance
 from lmscope.steering.contrast import ContrastSet, encode
 from lmscope.steering.vector import SteeringVector
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lmscope.core.datasets import load_json, load_jsonl
 from lmscope.core.model import Model
-from lmscope.core.outputs import new_figure
+from lmscope.data.bundled import load_json, load_jsonl
+from lmscope.experiments.report import new_figure
 from lmscope.steering import behaviour as B
 from lmscope.steering.contrast import builtin
 from lmscope.steering.extract import ExtractResult

@@ -25,8 +25,8 @@ from typing import Any
 
 from lmscope.core.edits import Positions
 from lmscope.core.model import Model
-from lmscope.core.outputs import Report, new_figure
 from lmscope.experiments import CellCheckpoint, identity
+from lmscope.experiments.report import Result, new_figure
 from lmscope.steering.behaviour import fact_accuracy, facts, neutral_texts, perplexity
 from lmscope.steering.steer import steer
 from lmscope.steering.vector import SteeringVector
@@ -117,7 +117,10 @@ class SweepResult:
 
     def write(self, folder: str | Path, *, goal: int = 1) -> Path:
         """index.html + result.json + heatmap.png in ``folder``."""
-        rep = Report(f"Steering sweep: {self.behaviour_name}")
+        return self.report(goal=goal).write(folder)
+
+    def report(self, *, goal: int = 1) -> Result:
+        rep = Result(f"Steering sweep: {self.behaviour_name}")
         best = self.best(goal)
         rep.text("Best cell", "none within the perplexity limit" if best is None else
                  f"layer {best.layer}, scale {best.scale}: behaviour {best.behaviour:.3f} (baseline "
@@ -125,7 +128,8 @@ class SweepResult:
                  f"facts {best.fact_acc:.2f} (baseline {self.baseline.fact_acc:.2f})")  # fmt: skip
         rep.table("Cells (first row: unsteered baseline)", self.header(), self.rows())
         rep.figure("heatmap", self.heatmap(), "Behaviour change and capability cost")
-        return rep.write(folder, {**self.to_dict(), "best": None if best is None else asdict(best)})
+        rep.data = {**self.to_dict(), "best": None if best is None else asdict(best)}
+        return rep
 
 
 @dataclass

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lmscope.core.artifacts import Provenance, load_artifact, save_artifact
 from lmscope.core.edits import check_finite
+from lmscope.experiments.artifacts import Provenance, load_artifact, save_artifact
 
 KIND = "steering_vector"
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import lmscope as ls
-from lmscope.core.artifacts import (
+from lmscope.core.sites import Site
+from lmscope.experiments.artifacts import (
     Provenance,
     atomic_write_json,
     dataset_hash,
@@ -19,7 +20,6 @@ from lmscope.core.artifacts import (
     save_artifact,
     sha256_file,
 )
-from lmscope.core.sites import Site
 
 
 def _tensors() -> dict[str, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 SAE training, tuned-lens fitting and neuron statistics need millions of activations, more than
 fit in RAM. :func:`harvest` runs the model over fixed-length token windows
-(:func:`lmscope.core.corpus.token_chunks`), captures the chosen sites with
+(:func:`lmscope.data.corpus.token_chunks`), captures the chosen sites with
 ``capture(..., stop_early=True)`` (the forward stops after the deepest harvested site) and
 streams them to disk. :class:`ActivationStore` reads them back, verifying checksums, and yields
 shuffled batches that visit every token exactly once per epoch.
@@ -27,7 +27,7 @@ The in-flight forward batch adds its captured activations. :func:`memory_bound` 
 + batch_size * seq_len * sum_sites(width) * 4`` bytes (plus the model and tokenizer, not counted).
 
     >>> import lmscope as ls
-    >>> from lmscope.core.store import HarvestConfig, harvest, ActivationStore
+    >>> from lmscope.experiments.store import HarvestConfig, harvest, ActivationStore
     >>> model = ls.load_tiny("llama")
     >>> cfg = HarvestConfig(sites=["blocks.1.hook_resid_post"], n_tokens=2048, seq_len=64, progress=False)
     >>> store = harvest(model, cfg, "/tmp/lmscope-doc-store", overwrite=True)
@@ -50,12 +50,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from lmscope.core.artifacts import atomic_write_bytes, atomic_write_json
-from lmscope.core.corpus import Split, describe_corpus, token_chunks
 from lmscope.core.edits import check_finite
 from lmscope.core.hooks import capture
 from lmscope.core.sites import Site, as_site
 from lmscope.core.version import LMSCOPE_VERSION
+from lmscope.data.corpus import Split, describe_corpus, token_chunks
+from lmscope.experiments.artifacts import atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
     from lmscope.core.model import Model

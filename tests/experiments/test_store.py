@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import lmscope as ls
-from lmscope.core import store as store_mod
-from lmscope.core.corpus import describe_corpus, token_chunks
-from lmscope.core.store import ActivationStore, HarvestConfig, harvest, memory_bound
+from lmscope.data.corpus import describe_corpus, token_chunks
+from lmscope.experiments import store as store_mod
+from lmscope.experiments.store import ActivationStore, HarvestConfig, harvest, memory_bound
 
 SITES = ["blocks.0.hook_resid_post", "blocks.1.mlp.hook_post"]
 

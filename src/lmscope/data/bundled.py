@@ -1,6 +1,6 @@
-"""The built-in datasets shipped in ``lmscope/core/data`` (see its README.md for every schema).
+"""The built-in datasets shipped in ``lmscope/data/files`` (see its README.md for every schema).
 
-    >>> from lmscope.core.datasets import load_jsonl
+    >>> from lmscope.data.bundled import load_jsonl
     >>> pairs = load_jsonl("tasks/antonyms.jsonl", split="test")
     >>> sorted(pairs[0])
     ['input', 'output', 'split']
@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-DATA_DIR = Path(str(resources.files("lmscope.core").joinpath("data")))
+DATA_DIR = Path(str(resources.files("lmscope.data").joinpath("files")))
 
 
 def data_path(relative: str) -> Path:
@@ -57,3 +57,28 @@ def list_data(folder: str = "") -> list[str]:
     """Names of the built-in files under ``folder`` (e.g. "tasks")."""
     root = DATA_DIR / folder
     return sorted(str(p.relative_to(DATA_DIR)) for p in root.rglob("*") if p.is_file())
+
+
+def read_prompts(path: str | Path, *, key: str = "prompt", extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """A user's prompt file: JSONL records with ``key`` (and optional ``extra`` keys), or plain text, one prompt per line.
+
+    Checked completely here, before any model loads: a missing file, an empty one, a record
+    without ``key`` or with ``extra`` keys on some records only is refused, naming the line.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"prompt file {p} does not exist")
+    if p.suffix == ".jsonl":
+        recs = read_jsonl(p)
+        for n, r in enumerate(recs, 1):
+            if not isinstance(r, dict) or not isinstance(r.get(key), str):
+                raise ValueError(f"{p}: record {n} has no string {key!r} (keys: {sorted(r) if isinstance(r, dict) else r})")
+        for k in extra:
+            has = [k in r for r in recs]
+            if any(has) and not all(has):
+                raise ValueError(f"{p}: give {k!r} on every record or on none (missing on record {has.index(False) + 1})")
+    else:
+        recs = [{key: line} for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not recs:
+        raise ValueError(f"prompt file {p} holds no prompts")
+    return recs

@@ -14,7 +14,7 @@ the Python documentation when it is installed. That is the corpus.
 - **Lazy**: files are listed (cheap) but read and tokenized only as chunks are requested, so
   ``token_chunks(tok, 128, 4)`` reads a handful of files, not 12 MB.
 
-    >>> from lmscope.core.corpus import corpus_texts, token_chunks
+    >>> from lmscope.data.corpus import corpus_texts, token_chunks
     >>> from lmscope.core.tiny import tiny_tokenizer
     >>> text = next(corpus_texts(max_docs=1))
     >>> chunk = next(token_chunks(tiny_tokenizer(), seq_len=64, n_chunks=1))

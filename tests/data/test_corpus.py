@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmscope.core import corpus
-from lmscope.core.corpus import corpus_documents, corpus_texts, describe_corpus, token_chunks
 from lmscope.core.tiny import tiny_tokenizer
+from lmscope.data import corpus
+from lmscope.data.corpus import corpus_documents, corpus_texts, describe_corpus, token_chunks
 
 
 @pytest.fixture(scope="module")

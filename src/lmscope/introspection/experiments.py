@@ -1,0 +1,80 @@
+"""The introspection family's experiment: concept injection (does the model notice?) and its Golden-Gate control."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lmscope.experiments import Context, Experiment, Layers, Result, Strengths, param
+
+
+@dataclass(frozen=True)
+class Introspect(Experiment):
+    """Inject concept vectors and ask the model whether it notices an injected thought (Lindsey 2025); resumable.
+
+    lmscope introspect --layers 6,10,14,18 --strength 2 4 8 --trials 8
+    lmscope introspect --read word --golden-gate --layers 6,10 --strength 0.25 0.5 1
+    """
+
+    command = "introspect"
+    about = "inject concept vectors and ask the model whether it notices (resumable grid)"
+    layers: Layers = param((6, 10, 14, 18), "injection layers")
+    strength: Strengths = param((2.0, 4.0, 8.0), "injection strengths")
+    concepts: tuple[str, ...] | None = param(None, "concept words (default: the built-in list)")
+    n_concepts: int = param(8, "concepts drawn from the built-in list")
+    n_baseline: int = param(40, "baseline words the concept vectors are measured against")
+    trials: int = param(8, "injection trials per cell (plus as many controls)")
+    read: str = param("last", "read concept vectors at the last token or at the word", choices=("last", "word"))
+    inject_from: str = param("trial", "where injection starts", choices=("trial", "assistant", "generated"))
+    max_new_tokens: int = param(32, "tokens generated per answer")
+    greedy: bool = param(False, "greedy decoding (default: sampling at --temperature)")
+    temperature: float = param(1.0, "sampling temperature")
+    seed: int = param(0, "sampling and concept-draw seed")
+    golden_gate: bool = param(False, "also run the plain-generation positive control")
+
+    def run(self, model: Any, ctx: Context) -> Result:
+        from lmscope.introspection import (
+            IntrospectionConfig,
+            concept_vectors,
+            golden_gate,
+            introspection_grid,
+            load_concepts,
+            pick_concepts,
+        )
+
+        cfg = IntrospectionConfig(
+            layers=list(self.layers or ()), strengths=list(self.strength),
+            concepts=None if self.concepts is None else list(self.concepts), n_concepts=self.n_concepts,
+            n_baseline=self.n_baseline, n_trials=self.trials, read=self.read, inject_from=self.inject_from,
+            max_new_tokens=self.max_new_tokens, do_sample=not self.greedy, temperature=self.temperature, seed=self.seed,
+        )  # fmt: skip
+        out = ctx.folder()
+        words = load_concepts()
+        concepts = pick_concepts(cfg, words)
+        ctx.log(f"concept vectors for {concepts} at layers {cfg.layers}")
+        vecs = concept_vectors(model, concepts, words.baseline[: cfg.n_baseline], layers=cfg.layers, read=cfg.read)
+        res = introspection_grid(model, cfg, words=words, vectors=vecs, checkpoint=out / "checkpoint.json")
+        page = res.report()
+        best = max(res.rates.items(), key=lambda kv: kv[1]["identification"] - kv[1]["false_positive"])
+        page.summary = {"cells": len(res.rates), "best_cell": list(best[0]), "best_detection": best[1]["detection"],
+                        "best_identification": best[1]["identification"], "best_false_positive": best[1]["false_positive"],
+                        "max_detection": max(r["detection"] for r in res.rates.values()),
+                        "max_false_positive": max(r["false_positive"] for r in res.rates.values())}  # fmt: skip
+        for (layer, s), r in sorted(res.rates.items()):
+            page.say(f"layer {layer:3d} strength {s:5.2f}: detection {r['detection']:.2f} identification "
+                     f"{r['identification']:.2f} false positive {r['false_positive']:.2f}")  # fmt: skip
+        if self.golden_gate:
+            gg = golden_gate(model, vecs, words, layers=cfg.layers, strengths=cfg.strengths, max_new_tokens=self.max_new_tokens)
+            page.table("Golden-Gate control: concept mention rate answering 'Tell me about your day.'",
+                       ["layer", "strength", "mention", "baseline"],
+                       [[r["layer"], r["strength"], r["mention_rate"], r["baseline_mention_rate"]] for r in gg.rows])  # fmt: skip
+            step = max(1, len(gg.samples) // 40)
+            page.table("Golden-Gate samples", ["layer", "strength", "concept", "text"],
+                       [[s["layer"], s["strength"], s["concept"], s["text"][:160]] for s in gg.samples[::step]])  # fmt: skip
+            page.data["golden_gate"] = {"rows": gg.rows, "baseline": gg.baseline_mention, "samples": gg.samples}
+            page.summary["golden_gate_max_mention"] = max(r["mention_rate"] for r in gg.rows)
+            page.summary["golden_gate_baseline"] = gg.baseline_mention
+            for r in gg.rows:
+                page.say(f"golden gate layer {r['layer']} strength {r['strength']}: mention {r['mention_rate']:.2f} "
+                         f"(baseline {r['baseline_mention_rate']:.2f})")  # fmt: skip
+        return page
