@@ -3,6 +3,7 @@ the experiment the command line described, an index.html, and the identity of th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -119,3 +120,35 @@ def test_flags_have_one_vocabulary() -> None:
         exp = experiment_from_args(parser.parse_args(argv))
         if argv[0] == "patchscope":
             assert exp.layers == (0, 2, 4)
+
+
+def test_version_and_help(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("lmscope 0.")
+    assert main([]) == 2
+
+
+def test_progress_goes_to_stderr_and_results_to_stdout(tmp_path, capsys) -> None:
+    argv = ["neurons", "ablate", "--tiny", "llama", "--layer", "1", "--neurons", "0", "--windows", "2", "--controls", "1",
+            "--seq-len", "32", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "scoring run 4/6" in err and "mean: KL" in out and "scoring run" not in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["lens", "--prompts", "missing.jsonl", "--tiny", "llama"],
+    ["lens", "hi", "--device", "cuda:7"] if not __import__("torch").cuda.is_available() else ["lens", "hi", "--dtype", "int8"],
+    ["lens", "hi", "--dtype", "int8", "--tiny", "llama"],
+    ["lens", "hi", "--model", "no/such/folder"],
+    ["steer", "export", "--tiny", "llama", "--vector", "v.safetensors"],
+    ["patchscope", "hi", "--layers", "3-1", "--tiny", "llama"],
+    ["icl", "vectors", "--tasks", "no_such_task", "--tiny", "llama"],
+    ["circuit", "--variants", "heads", "--tiny", "llama"],
+])  # fmt: skip
+def test_usage_errors_exit_2_with_one_sentence(argv, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) if "--variants" in argv else contextlib.nullcontext():  # argparse's own exit 2
+        assert main([*argv, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("lmscope: usage error: ") and err.count("\n") == 1 and "Traceback" not in err

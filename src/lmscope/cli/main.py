@@ -47,9 +47,11 @@ def _field_options(f: dataclasses.Field, hint: Any) -> tuple[list[str], dict[str
     hint = unwrap(hint)[0]
     origin = typing.get_origin(hint)
     opts: dict[str, Any] = {"help": meta.get("help") or None, "dest": f.name}
-    if meta.get("choices"):
+    if meta.get("choices") and origin is not tuple:
         opts["choices"] = list(meta["choices"])
     if origin is tuple:
+        if meta.get("choices"):  # checked item by item after the comma split (Experiment.validate)
+            opts["help"] = f"{opts['help']} (of {', '.join(map(str, meta['choices']))})"
         opts["nargs"] = "+"
         opts["metavar"] = meta.get("metavar") or ("LAYERS" if f.name.endswith("layers") else f.name.upper())
         if f.name.endswith("layers"):
@@ -86,7 +88,8 @@ def _to_value(f: dataclasses.Field, hint: Any, raw: Any) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     from lmscope.cli.commands import COMMANDS
 
-    parser = argparse.ArgumentParser(prog="lmscope", description="Look inside language models and change what you find.")
+    parser = argparse.ArgumentParser(prog="lmscope", description="Look inside language models and change what you find.",
+                                     allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"lmscope {LMSCOPE_VERSION}")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default $LMSCOPE_THREADS)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                 g = sub.add_parser(group[0], help=f"{group[0]} commands")
                 groups[group[0]] = g.add_subparsers(dest=f"{group[0]}_command", metavar="ACTION", required=True)
             where = groups[group[0]]
-        p = where.add_parser(name, help=cls.about, description=(cls.__doc__ or cls.about).strip(),
+        p = where.add_parser(name, help=cls.about, description=(cls.__doc__ or cls.about).strip(), allow_abbrev=False,
                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
         hints = typing.get_type_hints(cls)
         options = [_field_options(f, hints[f.name]) for f in dataclasses.fields(cls)] + [([n], o) for n, o in COMMON]

@@ -53,13 +53,10 @@ class Context:
 
     def progress(self, items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
         """Iterate ``items`` with a progress bar on stderr (the one mechanism every long loop uses)."""
-        if self.quiet:
-            yield from items
-            return
-        from tqdm.auto import tqdm
+        from lmscope.experiments.progress import bar
 
-        with tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False, mininterval=1.0) as bar:
-            yield from bar
+        with bar(total, desc, items=items, enabled=not self.quiet) as b:
+            yield from b
 
     def callback(self, desc: str) -> Any:
         """A ``progress=`` callable for library functions that report (step, total) or messages."""

@@ -339,9 +339,9 @@ def harvest(
 def _progress(config: HarvestConfig, total: int, done: int) -> Any:
     if not config.progress:
         return None
-    from tqdm.auto import tqdm
+    from lmscope.experiments.progress import bar
 
-    return tqdm(total=total, initial=done, unit="tok", desc="harvest", unit_scale=True)
+    return bar(total, "harvest", initial=done, unit="tok", unit_scale=True)
 
 
 def _read_verified(folder: Path, info: dict[str, Any], *, check_hash: bool = True) -> bytes:

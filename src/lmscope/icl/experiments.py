@@ -57,7 +57,8 @@ class ICLVectors(Experiment):
 
         layers = resolve_layers(self.layers, model.shape.n_layers, default=range(0, model.shape.n_layers, 3))
         page = vectors_report(model, list(self.tasks), fmt=self.format, layers=layers, k=self.k, n=self.n,
-                              fv_tasks=self.fv_tasks, fv_heads=self.fv_heads, seed=self.seed)  # fmt: skip
+                              fv_tasks=self.fv_tasks, fv_heads=self.fv_heads, seed=self.seed,
+                              progress=None if ctx.quiet else ctx.log)  # fmt: skip
         summ = page.data["summary"]
         page.summary = {f"{t}_{key}": r[key] for t, r in summ.items() for key in ("zero_shot", "icl", "best_acc")}
         for name, r in summ.items():
@@ -120,7 +121,7 @@ class ICLRank1(Experiment):
 
         page = rank1_report(model, list(self.tasks), fmt=self.format, k=self.k, n_queries=self.queries,
                             n_sources=self.sources, n_targets=self.targets, seed=self.seed,
-                            do_transfer=self.transfer)  # fmt: skip
+                            do_transfer=self.transfer, progress=None if ctx.quiet else ctx.log)  # fmt: skip
         errs = [c["rel_err_fp32"] for c in page.data["identity"]]
         kls = [r["kl_absorbed_both"] for r in page.data["absorption"] if "kl_absorbed_both" in r]
         page.summary = {"max_rel_err_fp32": max(errs), "layers": len(errs), "max_absorption_kl": max(kls) if kls else None,
@@ -153,7 +154,8 @@ class ICLTrajectory(Experiment):
 
         layers = None if self.layers is None else list(self.layers)
         page = trajectory_report(model, self.task, fmt=self.format, k=self.k, n_queries=self.n, seed=self.seed,
-                                 takeaway_tasks=list(self.takeaways), layers=layers)  # fmt: skip
+                                 takeaway_tasks=list(self.takeaways), layers=layers,
+                                 progress=None if ctx.quiet else ctx.log)  # fmt: skip
         conv = sorted(page.data["trajectory"]["convergence_last_over_first_quarter"])
         page.summary = {"median_step_ratio": conv[len(conv) // 2]}
         page.say(f"median step ratio (last/first quarter of the context): {conv[len(conv) // 2]:.3f}")

@@ -9,13 +9,13 @@ token-by-token trajectory of one k-shot context and the takeaway experiments. Bo
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from lmscope.core.model import Model
+from lmscope.experiments.progress import Log
 from lmscope.experiments.report import Result, new_figure
 from lmscope.icl.rank1 import absorb_context, verify_rank1
 from lmscope.icl.takeaways import takeaway_experiments, transfer
@@ -27,13 +27,14 @@ def _fmt_list(xs: list[float]) -> str:
     return " ".join(f"{x:.2f}" for x in xs)
 
 
-def _say(msg: str) -> None:
-    print(f"[icl] {msg}", file=sys.stderr, flush=True)
+def _say(progress: Log | None, msg: str) -> None:
+    if progress is not None:
+        progress(msg)
 
 
 def rank1_report(
     model: Model, tasks: Sequence[str], out: str | Path | None = None, *, fmt: str = "qa", k: int = 5, n_queries: int = 5,
-    n_sources: int = 2, n_targets: int = 20, seed: int = 0, do_transfer: bool = True,
+    n_sources: int = 2, n_targets: int = 20, seed: int = 0, do_transfer: bool = True, progress: Log | None = None,
 ) -> Result:  # fmt: skip
     """Identity per layer, absorption KL per (task, query), transfer per task; written to ``out``."""
     f = FORMATS[fmt]
@@ -57,10 +58,10 @@ def rank1_report(
     rep.table("Per-layer identity", ["layer", "fp32", "fp64", "no update", "perturbed", "||dW||", "h"],
               [[c.layer, c.rel_err_fp32, c.rel_err_fp64, c.rel_err_no_update, c.rel_err_perturbed, c.dw_norm, c.lr]
                for c in checks])  # fmt: skip
-    _say(f"identity checked on {len(checks)} layers")
+    _say(progress, f"identity checked on {len(checks)} layers")
     for name in tasks:
         task = load_task(name)
-        _say(f"absorption and transfer: {name}")
+        _say(progress, f"absorption and transfer: {name}")
         for p in task.test[:n_queries]:
             ctx = f.context(rng.sample(task.train, k))
             row: dict[str, Any] = {"task": name, "query": p.input}
@@ -101,7 +102,7 @@ def rank1_report(
 
 def trajectory_report(
     model: Model, task_name: str, out: str | Path | None = None, *, fmt: str = "qa", k: int = 8, n_queries: int = 20,
-    seed: int = 0, takeaway_tasks: Sequence[str] = (), layers: Sequence[int] | None = None,
+    seed: int = 0, takeaway_tasks: Sequence[str] = (), layers: Sequence[int] | None = None, progress: Log | None = None,
 ) -> Result:  # fmt: skip
     """Token-by-token trajectory of a k-shot context at every layer, plus the takeaway experiments."""
     f = FORMATS[fmt]
@@ -136,9 +137,9 @@ def trajectory_report(
               [[layer, tr.lr[j], float(tr.dw_norm[j, -1]), conv[j], _fmt_list(tr.example_step_norm[j].tolist())]
                for j, layer in enumerate(tr.layers)])  # fmt: skip
     result["takeaways"] = {}
-    _say("trajectory done")
+    _say(progress, "trajectory done")
     for name in takeaway_tasks:
-        _say(f"takeaways: {name}")
+        _say(progress, f"takeaways: {name}")
         exps = takeaway_experiments(model, load_task(name), f, k=k, n_queries=n_queries, seed=seed)
         result["takeaways"][name] = exps
         for exp, rows in exps.items():

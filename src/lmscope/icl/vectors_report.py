@@ -8,13 +8,13 @@ pairs; every number is on held-out test pairs.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from lmscope.core.model import Model
+from lmscope.experiments.progress import Log
 from lmscope.experiments.report import Result, new_figure
 from lmscope.icl.function_vectors import aie_from_prompts, function_vector, head_prompts, top_heads
 from lmscope.icl.tasks import FORMATS, first_token_accuracy, load_task, make_queries, predict
@@ -26,7 +26,7 @@ LIU_STRENGTHS = (0.5, 1.0, 2.0)
 
 def vectors_report(
     model: Model, tasks: Sequence[str], out: str | Path | None = None, *, fmt: str = "qa", layers: Sequence[int] | None = None,
-    k: int = 5, n: int = 30, fv_tasks: int = 3, fv_heads: int = 10, seed: int = 0,
+    k: int = 5, n: int = 30, fv_tasks: int = 3, fv_heads: int = 10, seed: int = 0, progress: Log | None = None,
 ) -> Result:  # fmt: skip
     """Run the whole evaluation; its :class:`Result` (``.data``: the numbers), written to ``out`` if given."""
     f = FORMATS[fmt]
@@ -36,7 +36,8 @@ def vectors_report(
     heads: list[tuple[int, int]] = []
     prompts = {name: head_prompts(model, t, f, k=k, n_prompts=10, seed=seed) for name, t in loaded.items()}
     if fv_tasks > 0:
-        print(f"[icl] ranking heads by AIE on {list(loaded)[:fv_tasks]}", file=sys.stderr, flush=True)
+        if progress:
+            progress(f"ranking heads by AIE on {list(loaded)[:fv_tasks]}")
         aies = [aie_from_prompts(model, prompts[name]) for name in list(loaded)[:fv_tasks]]
         aie = torch.stack(aies).mean(0)
         heads = top_heads(aie, fv_heads)
@@ -44,7 +45,8 @@ def vectors_report(
         result["fv_heads"] = heads
         result["aie_tasks"] = list(loaded)[:fv_tasks]
     for name, task in loaded.items():
-        print(f"[icl] vectors: {name}", file=sys.stderr, flush=True)
+        if progress:
+            progress(f"vectors: {name}")
         q = make_queries(model, task, f, k=k, n=n, seed=seed)
         row: dict = {
             "n": len(q.pairs),

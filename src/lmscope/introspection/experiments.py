@@ -53,7 +53,8 @@ class Introspect(Experiment):
         concepts = pick_concepts(cfg, words)
         ctx.log(f"concept vectors for {concepts} at layers {cfg.layers}")
         vecs = concept_vectors(model, concepts, words.baseline[: cfg.n_baseline], layers=cfg.layers, read=cfg.read)
-        res = introspection_grid(model, cfg, words=words, vectors=vecs, checkpoint=out / "checkpoint.json")
+        log = None if ctx.quiet else ctx.log
+        res = introspection_grid(model, cfg, words=words, vectors=vecs, checkpoint=out / "checkpoint.json", progress=log)
         page = res.report()
         best = max(res.rates.items(), key=lambda kv: kv[1]["identification"] - kv[1]["false_positive"])
         page.summary = {"cells": len(res.rates), "best_cell": list(best[0]), "best_detection": best[1]["detection"],
@@ -64,7 +65,8 @@ class Introspect(Experiment):
             page.say(f"layer {layer:3d} strength {s:5.2f}: detection {r['detection']:.2f} identification "
                      f"{r['identification']:.2f} false positive {r['false_positive']:.2f}")  # fmt: skip
         if self.golden_gate:
-            gg = golden_gate(model, vecs, words, layers=cfg.layers, strengths=cfg.strengths, max_new_tokens=self.max_new_tokens)
+            gg = golden_gate(model, vecs, words, layers=cfg.layers, strengths=cfg.strengths, max_new_tokens=self.max_new_tokens,
+                             progress=log)  # fmt: skip
             page.table("Golden-Gate control: concept mention rate answering 'Tell me about your day.'",
                        ["layer", "strength", "mention", "baseline"],
                        [[r["layer"], r["strength"], r["mention_rate"], r["baseline_mention_rate"]] for r in gg.rows])  # fmt: skip

@@ -100,7 +100,7 @@ def compare_lenses(
     progress: bool = True,
 ) -> LensComparison:
     """Score both lenses on ``n_windows`` windows of ``seq_len`` tokens of held-out corpus text."""
-    from tqdm.auto import tqdm
+    from lmscope.experiments.progress import bar
 
     tuned._check(model)
     n = model.shape.n_layers
@@ -108,7 +108,8 @@ def compare_lenses(
     sums = {name: torch.zeros(n, dtype=torch.float64) for name in ("kl_logit", "kl_tuned", "top_logit", "top_tuned")}
     count = 0
     chunks = list(token_chunks(model.tokenizer, seq_len, n_windows, split=split, seed=seed, prepend_bos=False))  # type: ignore[arg-type]
-    for start in tqdm(range(0, len(chunks), batch_size), disable=not progress, desc="compare lenses", unit="batch"):
+    starts = range(0, len(chunks), batch_size)
+    for start in bar(len(starts), "compare lenses", items=starts, unit="batch", enabled=progress):
         ids = torch.stack(chunks[start : start + batch_size]).to(model.device)
         with capture(model, sites) as acts:
             final = model(ids)

@@ -298,7 +298,7 @@ class MultiHop(Experiment):
         if failed and self.max_failed > 0:
             pairs = grid_pairs(model.shape.n_layers, self.stride)
             ctx.log(f"backpatching {len(failed)} failed queries over {len(pairs)} (j, i) pairs (+ controls)")
-            patch = backpatch(model, failed, pairs=pairs)
+            patch = backpatch(model, failed, pairs=pairs, progress=None if ctx.quiet else ctx.log)
             (bj, bi), best = patch.best_pair()
             summary |= {"backpatch_fix_rate": patch.fix_rate(), "control_fix_rate": patch.control_rate(),
                         "best_pair": [bj, bi], "best_pair_rate": best, "failed_patched": len(failed)}  # fmt: skip

@@ -32,7 +32,7 @@ Example::
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,7 +286,8 @@ def _last_states(model: Model, prompt: str) -> Tensor:
 
 
 def backpatch(model: Model, queries: Sequence[dict[str, Any]], *, pairs: Sequence[tuple[int, int]] | None = None,
-              control_prompt: str = "The weather today is sunny and", chunk: int = 64) -> BackpatchResult:  # fmt: skip
+              control_prompt: str = "The weather today is sunny and", chunk: int = 64,
+              progress: Callable[[str], None] | None = None) -> BackpatchResult:  # fmt: skip
     """Backpatch every (j, i) pair into each query; controls: j -> j and the unrelated prompt's vectors.
 
     A query needs "prompt" and "answer" (a word whose " word" is one token) or "answer_id".
@@ -298,7 +299,9 @@ def backpatch(model: Model, queries: Sequence[dict[str, Any]], *, pairs: Sequenc
     control = _last_states(model, control_prompt)
     same_layers = sorted({j for j, _ in pairs} | {i for _, i in pairs})
     fixed, ctrl, same = [], [], []
-    for q in queries:
+    for n_done, q in enumerate(queries):
+        if progress:
+            progress(f"backpatching query {n_done + 1}/{len(queries)}")
         answer = q["answer_id"] if "answer_id" in q else _single(model, q["answer"])
         states = _last_states(model, q["prompt"])
         rows: list[tuple[Tensor, int]] = [(states[j], i) for j, i in pairs] + [(control[j], i) for j, i in pairs]

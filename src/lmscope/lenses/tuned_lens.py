@@ -369,9 +369,9 @@ class _KL:
 
 
 def _bar(enabled: bool, total: int, initial: int) -> Any:
-    from tqdm.auto import tqdm
+    from lmscope.experiments.progress import bar
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="tuned lens", unit="step")
+    return bar(total, "tuned lens", initial=initial, unit="step", enabled=enabled)
 
 
 __all__ = ["TunedLens", "TunedLensConfig", "train_tuned_lens"]

@@ -19,6 +19,7 @@ causation: the ablation and dose-response steps (``ablate.py``) test the candida
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -64,11 +65,13 @@ def auroc(acts: Tensor, labels: Tensor) -> Tensor:
 
 @torch.no_grad()
 def record_neurons(model: Model, layers: list[int], ids: Tensor, *, batch_size: int = 8, kind: str = "mlp_post",
-                   dtype: torch.dtype = torch.float16) -> Tensor:
+                   dtype: torch.dtype = torch.float16, progress: Callable[[str], None] | None = None) -> Tensor:
     """(tokens, len(layers) * width) activations of ``kind`` at ``layers`` for windows ``ids`` (n, seq), row-major."""
     sites = [Site(kind, layer) for layer in layers]
     rows = []
     for i in range(0, ids.shape[0], batch_size):
+        if progress:
+            progress(f"recording {kind} at layers {layers}: window {i + 1}/{ids.shape[0]}")
         with capture(model, sites, stop_early=True, device="cpu") as acts:
             model(ids[i : i + batch_size])
         a = torch.cat([acts[s] for s in sites], dim=-1)
@@ -109,12 +112,12 @@ class CorrelationResult:
 
 def correlate(model: Model, layers: list[int], train_ids: Tensor, train_labels: Tensor, heldout_ids: Tensor,
               heldout_labels: Tensor, *, top: int = 10, skip_first: int = 1, batch_size: int = 8,
-              kind: str = "mlp_post") -> CorrelationResult:  # fmt: skip
+              kind: str = "mlp_post", progress: Callable[[str], None] | None = None) -> CorrelationResult:  # fmt: skip
     """Rank neurons of ``layers`` by train AUROC against labels; score the top ``top`` on held-out windows."""
     width = model.site_width(Site(kind, layers[0]))
 
     def data(ids: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        acts = record_neurons(model, layers, ids, batch_size=batch_size, kind=kind)
+        acts = record_neurons(model, layers, ids, batch_size=batch_size, kind=kind, progress=progress)
         acts = acts.reshape(ids.shape[0], ids.shape[1], -1)[:, skip_first:].reshape(-1, acts.shape[-1])
         return acts, labels[:, skip_first:].reshape(-1)
 

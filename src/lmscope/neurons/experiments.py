@@ -83,7 +83,8 @@ class NeuronsCorrelate(Experiment):
         ho = string_windows(model.tokenizer, n_windows=self.heldout_windows, seq_len=self.seq_len, split="heldout",
                             triple_quoted=tq)  # fmt: skip
         ctx.log(f"correlating layers {layers} over {self.train_windows} train windows")
-        res = correlate(model, layers, tr.ids, tr.labels, ho.ids, ho.labels, top=self.top)
+        res = correlate(model, layers, tr.ids, tr.labels, ho.ids, ho.labels, top=self.top,
+                        progress=None if ctx.quiet else ctx.log)  # fmt: skip
         page = Result("Neurons correlated with 'inside a string literal'")
         page.table("Candidates (ranked by |train AUROC - 0.5|)", ["layer", "neuron", "train AUROC", "train r",
                    "held-out AUROC", "held-out r"], [[c.layer, c.neuron, c.train_auroc, c.train_r, c.heldout_auroc,

@@ -250,8 +250,6 @@ def _metrics(sae: SAE, x: Tensor, out: Any, step: int, lr: float, dead: Tensor) 
 def _bar(cfg: TrainConfig, start: int, end: int):
     if not cfg.progress:
         return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=end, initial=start, desc="train SAE", unit="step")
+    from lmscope.experiments.progress import bar
+
+    return bar(end, "train SAE", initial=start, unit="step")
