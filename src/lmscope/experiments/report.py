@@ -32,14 +32,14 @@ SCHEMA = "lmscope.result/1"
 
 
 def new_figure(*args: Any, **kwargs: Any):
-    """A matplotlib figure with the non-interactive backend (matplotlib is an optional extra)."""
+    """A matplotlib figure with the non-interactive backend."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("figures need matplotlib: pip install 'lmscope[viz]'") from exc
+        raise ImportError("figures need matplotlib (an lmscope dependency): pip install matplotlib") from exc
     return plt.subplots(*args, **kwargs)
 
 

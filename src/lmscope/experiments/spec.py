@@ -23,6 +23,7 @@ file is a usage error that costs nothing.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 import typing
 from collections.abc import Sequence
@@ -74,6 +75,10 @@ class Experiment:
         """The input data this run reads (fingerprinted into the identity); None if the config says it all."""
         return None
 
+    def needs(self) -> dict[str, str]:
+        """Optional packages these settings need: import name -> what to install (checked before any work)."""
+        return {}
+
     def run(self, model: Model | None, ctx: Context) -> Result:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} has no run()")
 
@@ -91,6 +96,10 @@ class Experiment:
                 for v in value if isinstance(value, tuple) else (value,):
                     if v not in choices:
                         raise ValueError(f"{self.command}: {flag(f.name)} {v!r} is not one of {list(choices)}")
+        missing = {name: pip for name, pip in self.needs().items() if importlib.util.find_spec(name) is None}
+        if missing:
+            raise ValueError(f"{self.command} with these settings needs {', '.join(missing)}, which is not installed: "
+                             f"pip install {' '.join(sorted(set(missing.values())))!s}")  # fmt: skip
         self.check()
 
     def config(self) -> dict[str, Any]:

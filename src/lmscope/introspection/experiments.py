@@ -23,6 +23,7 @@ class Introspect(Experiment):
     concepts: tuple[str, ...] | None = param(None, "concept words (default: the built-in list)")
     n_concepts: int = param(8, "concepts drawn from the built-in list")
     n_baseline: int = param(40, "baseline words the concept vectors are measured against")
+    baseline: str | None = param(None, "your baseline words instead: a text file, one word per line", metavar="FILE")
     trials: int = param(8, "injection trials per cell (plus as many controls)")
     read: str = param("last", "read concept vectors at the last token or at the word", choices=("last", "word"))
     inject_from: str = param("trial", "where injection starts", choices=("trial", "assistant", "generated"))
@@ -32,7 +33,28 @@ class Introspect(Experiment):
     seed: int = param(0, "sampling and concept-draw seed")
     golden_gate: bool = param(False, "also run the plain-generation positive control")
 
+    def _baseline(self) -> list[str] | None:
+        if self.baseline is None:
+            return None
+        from pathlib import Path
+
+        path = Path(self.baseline)
+        if not path.is_file():
+            raise FileNotFoundError(f"baseline word file {path} does not exist")
+        words = [w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()]
+        if len(words) < 2:
+            raise ValueError(f"{path} holds {len(words)} baseline word(s); the mean needs at least 2")
+        return words
+
+    def check(self) -> None:
+        self._baseline()
+
+    def inputs(self) -> Any:
+        return self._baseline()
+
     def run(self, model: Any, ctx: Context) -> Result:
+        import dataclasses
+
         from lmscope.introspection import (
             IntrospectionConfig,
             concept_vectors,
@@ -50,6 +72,9 @@ class Introspect(Experiment):
         )  # fmt: skip
         out = ctx.folder()
         words = load_concepts()
+        own = self._baseline()
+        if own is not None:
+            words = dataclasses.replace(words, baseline=own)
         concepts = pick_concepts(cfg, words)
         ctx.log(f"concept vectors for {concepts} at layers {cfg.layers}")
         vecs = concept_vectors(model, concepts, words.baseline[: cfg.n_baseline], layers=cfg.layers, read=cfg.read)

@@ -101,7 +101,7 @@ def sentiment_scores(texts: Sequence[str]) -> list[float]:
     try:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("sentiment scoring needs vaderSentiment: pip install vaderSentiment") from exc
+        raise ImportError("sentiment scoring needs vaderSentiment: pip install 'lmscope[metrics]'") from exc
     analyzer = SentimentIntensityAnalyzer()
     return [float(analyzer.polarity_scores(t)["compound"]) for t in texts]
 

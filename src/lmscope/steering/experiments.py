@@ -173,6 +173,9 @@ class SteerSweep(Experiment):
     n_capability: int = param(12, "neutral texts and factual questions for the capability cost")
     fmt: str = param("completion", "truthfulness/sycophancy scoring", choices=("completion", "ab"))
 
+    def needs(self) -> dict[str, str]:
+        return {"vaderSentiment": "'lmscope[metrics]'"} if self.behaviour == "sentiment" else {}
+
     def check(self) -> None:
         from lmscope.steering.recipes import recipe
 
