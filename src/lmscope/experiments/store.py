@@ -56,6 +56,7 @@ from lmscope.core.sites import Site, as_site
 from lmscope.core.version import LMSCOPE_VERSION
 from lmscope.data.corpus import Split, describe_corpus, token_chunks
 from lmscope.experiments.artifacts import atomic_write_bytes, atomic_write_json
+from lmscope.experiments.identity import Identity, StaleResume, check_resume, identity
 
 if TYPE_CHECKING:
     from lmscope.core.model import Model
@@ -200,17 +201,26 @@ def _settings(model: Model, config: HarvestConfig) -> dict[str, Any]:
     }
 
 
+def harvest_identity(settings: dict[str, Any]) -> Identity:
+    """The identity a harvest resumes under: its settings, the model's weights, the corpus, the version."""
+    config = {k: v for k, v in settings.items() if k not in ("model_id", "weight_hash", "corpus", "lmscope_version")}
+    return identity(config, weights=settings.get("weight_hash"), data=settings.get("corpus"))
+
+
 def _resume_state(folder: Path, settings: dict[str, Any], overwrite: bool) -> list[dict[str, Any]]:
-    """Completed shard entries of an earlier run with the same settings (verified), or []."""
+    """Completed shard entries of an earlier run of the same work (verified), or [].
+
+    The same check as every resume (:func:`~lmscope.experiments.identity.check_resume`): other
+    settings, weights, corpus or version are refused, naming what changed (``overwrite=True`` starts over).
+    """
     path = folder / "manifest.json"
     if overwrite or not path.exists():
         return []
     old = read_manifest(folder)
-    keys = [k for k in settings if k not in ("lmscope_version",)]
-    diff = [k for k in keys if old.get(k) != settings[k]]
-    if diff:
-        raise ValueError(f"{folder} holds a harvest with different settings ({', '.join(diff)}); "
-                         "use a new folder or pass overwrite=True")  # fmt: skip
+    try:
+        check_resume(old.get("identity"), harvest_identity(settings), folder)
+    except StaleResume as exc:
+        raise StaleResume(f"{exc} (or pass overwrite=True / --overwrite to start over)") from None
     shards = old.get("shards", [])
     for entry in shards:
         for info in entry["files"].values():
@@ -221,6 +231,7 @@ def _resume_state(folder: Path, settings: dict[str, Any], overwrite: bool) -> li
 def _manifest(settings: dict[str, Any], shards: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
     body = {
         **settings,
+        "identity": harvest_identity(settings).to_dict(),
         "total_tokens": sum(s["n_tokens"] for s in shards),
         "n_shards": len(shards),
         "complete": complete,
