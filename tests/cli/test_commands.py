@@ -168,3 +168,12 @@ def test_a_missing_optional_package_is_one_line_before_any_work(tmp_path, capsys
     assert "needs vaderSentiment" in err and "lmscope[metrics]" in err and err.count("\n") == 1
     assert not (tmp_path / "result.json").exists()
     assert main(["tour", "--only", "steer-sentiment", "--tiny", "llama", "--out", str(tmp_path / "t")]) == 2
+
+
+def test_an_output_path_that_is_a_file_is_a_usage_error(tmp_path, capsys) -> None:
+    f = tmp_path / "taken"
+    f.write_text("keep me")
+    assert main(["lens", "hi", "--tiny", "llama", "--out", str(f)]) == 2
+    assert "is a file" in capsys.readouterr().err and f.read_text() == "keep me"
+    assert main(["sparse", "train", "--device", "cpu", "--out", str(tmp_path / "s")]) == 2
+    assert "drop --device" in capsys.readouterr().err

@@ -124,6 +124,15 @@ def experiment_from_args(args: argparse.Namespace) -> Any:
     return exp
 
 
+def _check_out(out: Path) -> None:
+    """The output folder can be made and written (checked before any model loads)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder (it will hold result.json, figures and index.html)")
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {parent} is not a writable folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -136,16 +145,19 @@ def main(argv: list[str] | None = None) -> int:
     started = False
     try:
         exp = experiment_from_args(args)
-        if not exp.uses_model and (args.model or args.tiny):
-            raise ValueError(f"{exp.command} does not use a model; drop --model/--tiny")
+        given = [f for f in ("model", "tiny", "device", "dtype") if getattr(args, f)]
+        if not exp.uses_model and given:
+            raise ValueError(f"{exp.command} loads no model (it reads files or builds its own CPU models); "
+                             f"drop {', '.join('--' + f for f in given)}")  # fmt: skip
         out = Path(args.out or Path("outputs") / exp.command.replace(" ", "-"))
+        _check_out(out)
         model = open_model(args.model, tiny=args.tiny, device=args.device, dtype=args.dtype) if exp.uses_model else None
         started = True  # settings, input files and the model are fine: from here on a failure is the work's (exit 1)
         result = run(exp, model=model, out=out, quiet=args.quiet)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
         return EXIT_INTERRUPT
-    except (ValueError, TypeError, FileNotFoundError, IndexError, KeyError, NotImplementedError) as exc:
+    except (ValueError, TypeError, OSError, IndexError, KeyError, NotImplementedError) as exc:
         print(f"lmscope: {'error' if started else 'usage error'}: {exc}", file=sys.stderr)
         return EXIT_RUNTIME if started else EXIT_USAGE
     for line in result.lines:

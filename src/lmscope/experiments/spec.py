@@ -193,5 +193,6 @@ def resolve_layers(layers: Sequence[int] | None, n_layers: int, default: Sequenc
     chosen = list(range(n_layers)) if layers is None and default is None else list(layers if layers is not None else default)
     bad = [x for x in chosen if not 0 <= x < n_layers]
     if bad:
-        raise ValueError(f"--layers {bad} out of range: the model has layers 0-{n_layers - 1}")
+        shown = bad if len(bad) <= 6 else [*bad[:3], "...", *bad[-2:]]
+        raise ValueError(f"--layers {', '.join(map(str, shown))} out of range: the model has layers 0-{n_layers - 1}")
     return chosen
