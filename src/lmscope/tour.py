@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from lmscope.circuits.experiments import Circuit, Patch
-from lmscope.experiments import Context, Experiment, Result, identity, param, read_result, run
+from lmscope.experiments import Context, Experiment, Result, param, read_result, run
 from lmscope.experiments.report import html_table
+from lmscope.experiments.runner import experiment_identity
 from lmscope.icl.experiments import ICLRank1, ICLVectors
 from lmscope.introspection.experiments import Introspect
 from lmscope.lenses.experiments import LogitLens, MultiHop, Patchscope
@@ -143,8 +144,7 @@ def _done(exp: Experiment, model: Any, folder: Path) -> dict[str, Any] | None:
         saved = read_result(folder)
     except (FileNotFoundError, ValueError):
         return None
-    ident = identity(exp.config(), model=model if exp.uses_model else None, data=exp.inputs())
-    return saved if (saved.get("identity") or {}).get("digest") == ident.digest else None
+    return saved if (saved.get("identity") or {}).get("digest") == experiment_identity(exp, model).digest else None
 
 
 @dataclass(frozen=True)

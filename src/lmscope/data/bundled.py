@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,11 @@ def list_data(folder: str = "") -> list[str]:
     """Names of the built-in files under ``folder`` (e.g. "tasks")."""
     root = DATA_DIR / folder
     return sorted(str(p.relative_to(DATA_DIR)) for p in root.rglob("*") if p.is_file())
+
+
+def prompt_texts(inline: Sequence[str], path: str | Path | None) -> list[str]:
+    """The prompts a command was given: those of the file at ``path`` if there is one, else ``inline``."""
+    return [r["prompt"] for r in read_prompts(path)] if path else list(inline)
 
 
 def read_prompts(path: str | Path, *, key: str = "prompt", extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:

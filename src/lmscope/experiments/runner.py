@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from lmscope.core.version import LMSCOPE_VERSION
-from lmscope.experiments.identity import identity
+from lmscope.experiments.identity import Identity, identity
 from lmscope.experiments.report import Result
 
 if TYPE_CHECKING:
@@ -110,6 +110,11 @@ def provenance(model: Model | None, seconds: float) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def experiment_identity(experiment: Experiment, model: Model | None) -> Identity:
+    """What ``experiment`` on ``model`` is computed from (its settings, the weights if it uses them, its input data)."""
+    return identity(experiment.config(), model=model if experiment.uses_model else None, data=experiment.inputs())
+
+
 def run(experiment: Experiment, *, model: Model | None = None, out: str | Path | None = None,
         quiet: bool = False) -> Result:  # fmt: skip
     """Run ``experiment`` on ``model`` and write its folder to ``out`` (if given); returns its :class:`Result`."""
@@ -117,7 +122,7 @@ def run(experiment: Experiment, *, model: Model | None = None, out: str | Path |
     if experiment.uses_model and model is None:
         raise ValueError(f"{experiment.command} needs a model: pass model= (lmscope.load() or lmscope.load_tiny())")
     ctx = Context(out=None if out is None else Path(out), quiet=quiet)
-    ident = identity(experiment.config(), model=model if experiment.uses_model else None, data=experiment.inputs())
+    ident = experiment_identity(experiment, model)
     result = experiment.run(model if experiment.uses_model else None, ctx)
     result.command = experiment.command
     result.config = experiment.config()

@@ -231,11 +231,9 @@ class Patchscope(Experiment):
         self.inputs()
 
     def inputs(self) -> Any:
-        if self.prompts:
-            from lmscope.data.bundled import read_prompts
+        from lmscope.data.bundled import prompt_texts
 
-            return [r["prompt"] for r in read_prompts(self.prompts)]
-        return list(self.source)
+        return prompt_texts(self.source, self.prompts)
 
     def run(self, model: Any, ctx: Context) -> Result:
         from lmscope.lenses.patchscopes import PRESETS, patchscope_sweep

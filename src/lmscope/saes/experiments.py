@@ -207,11 +207,9 @@ class SAESteer(Experiment):
         self._prompts()
 
     def _prompts(self) -> list[str]:
-        if self.prompts:
-            from lmscope.data.bundled import read_prompts
+        from lmscope.data.bundled import prompt_texts
 
-            return [r["prompt"] for r in read_prompts(self.prompts)]
-        return list(self.prompt)
+        return prompt_texts(self.prompt, self.prompts)
 
     def inputs(self) -> Any:
         return self._prompts()

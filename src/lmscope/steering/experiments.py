@@ -91,13 +91,11 @@ class SteerExtract(Experiment):
 
 
 def _prompts(prompt: tuple[str, ...], prompts: str | None) -> list[str]:
+    from lmscope.data.bundled import prompt_texts
+
     if bool(prompt) == bool(prompts):
         raise ValueError("give prompt text (--prompt, repeatable) or --prompts FILE, one of them")
-    if prompts:
-        from lmscope.data.bundled import read_prompts
-
-        return [r["prompt"] for r in read_prompts(prompts)]
-    return list(prompt)
+    return prompt_texts(prompt, prompts)
 
 
 @dataclass(frozen=True)
