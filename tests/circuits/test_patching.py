@@ -39,8 +39,8 @@ def test_batched_equals_single_patches_and_a_naive_reference(model: ls.Model) ->
     task = toy_task(model)
     clean, corrupt = task.batches(model)
     specs = _specs(model, clean.shape[1])
-    batched = C.patch_sweep(model, clean, corrupt, specs, task.metric, copies=16)
-    single = C.patch_sweep(model, clean, corrupt, specs, task.metric, copies=1)
+    batched = C.patch_sweep(model, clean, corrupt, specs, task.metric, copies=16, reuse=False)
+    single = C.patch_sweep(model, clean, corrupt, specs, task.metric, copies=1, reuse=False)
     assert torch.allclose(batched.values, single.values, atol=1e-5)
     assert batched.forwards == -(-len(specs) // 16) and single.forwards == len(specs)
     for spec, value in list(zip(specs, batched.values, strict=True))[::7]:  # an independent reference: one plain edit

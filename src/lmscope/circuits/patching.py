@@ -33,6 +33,7 @@ from torch import Tensor
 
 from lmscope.core import edits
 from lmscope.core.hooks import capture, intervene
+from lmscope.core.prefix import Prefix
 from lmscope.core.sites import Site
 
 from .graph import repeat_batch
@@ -82,7 +83,7 @@ class PatchResult:
     corrupt: float
     """Mean metric on the corrupted prompts."""
     seconds: float = 0.0
-    """Wall time of the sweep (without the baseline runs)."""
+    """Wall time of the sweep (with the stored target pass, without the source run)."""
     forwards: int = 0
     """Batched forward passes used."""
 
@@ -116,11 +117,20 @@ def patch_sweep(
     copies: int = 16,
     direction: Direction = "denoise",
     progress: Callable[[int, int], None] | None = None,
+    reuse: bool = True,
+    logits_to_keep: int = 0,
 ) -> PatchResult:
     """Evaluate every patch in ``specs``, ``copies`` patches per batched forward.
 
     ``clean`` and ``corrupt`` must have the same shape (positions line up); ``metric`` maps
     (rows, seq, vocab) logits to (rows,) with row r being example r % n.
+
+    With ``reuse`` (the default) the patched run is not recomputed where it cannot differ from the
+    unpatched one: the target batch runs once (:class:`~lmscope.core.prefix.Prefix`), and each
+    forward starts at its patches' layer and, for patches at one position, at that position, from
+    the stored layer input and KV cache. The values equal ``reuse=False`` (which runs every copy
+    from the embedding). ``logits_to_keep=1`` computes logits for the last position only, for
+    metrics that read nothing else (a task's metric reads the last position).
     """
     if clean.shape != corrupt.shape:
         raise ValueError(f"clean and corrupt batches differ in shape: {clean.shape} vs {corrupt.shape}")
@@ -137,39 +147,99 @@ def patch_sweep(
     sites = list(dict.fromkeys(s.site for s in specs))
     with capture(model, sites) as acts:
         m_source = _run_metric(model, source_batch, metric)
-    m_target = _run_metric(model, target, metric)
-    m_clean, m_corrupt = (m_source, m_target) if direction == "denoise" else (m_target, m_source)
     src = {s: acts[s] for s in sites}
-
     t0 = time.perf_counter()
-    values, forwards = [], 0
-    for lo in range(0, len(specs), copies):
-        chunk = specs[lo : lo + copies]
+    if reuse:
+        prefix = Prefix(model, target)
+        m_target = float(metric(prefix.logits).mean())
+        plan_chunks = _chunks(specs, model.shape.n_layers, seq, copies, positions=prefix.reuses_positions)
+    else:
+        m_target = _run_metric(model, target, metric)
+        plan_chunks = [(0, 0, list(range(lo, min(lo + copies, len(specs))))) for lo in range(0, len(specs), copies)]
+    m_clean, m_corrupt = (m_source, m_target) if direction == "denoise" else (m_target, m_source)
+
+    vals = torch.empty(len(specs))
+    done = 0
+    for layer, pos, members in plan_chunks:
+        chunk = [specs[i] for i in members]
         k = len(chunk)
-        plan: dict[Site, edits.Edit] = {}
-        for site in dict.fromkeys(s.site for s in chunk):
-            mine = [(c, s) for c, s in enumerate(chunk) if s.site == site]
-
-            def fn(x: Tensor, mine=mine, site=site) -> Tensor:
-                x = x.clone()
-                for c, s in mine:
-                    rows = slice(c * n, (c + 1) * n)
-                    idx = s.select(x)
-                    x[rows][idx] = src[site][idx].to(x.dtype)
-                return x
-
-            plan[site] = edits.custom(fn)
-        with intervene(model, plan):
-            out = metric(model(repeat_batch(target, k))).reshape(k, n).mean(1)
-        values.append(out)
-        forwards += 1
+        with intervene(model, _patch_plan(chunk, src, n, pos)):
+            if reuse:
+                logits = prefix.forward(copies=k, layer=layer, position=pos, logits_to_keep=logits_to_keep)
+                if pos and not logits_to_keep:  # positions before the start are the target's own logits
+                    logits = torch.cat([prefix.logits[torch.arange(k * n) % n, :pos], logits], dim=1)
+            else:
+                logits = model(repeat_batch(target, k))
+        vals[members] = metric(logits).reshape(k, n).mean(1).float().cpu()
+        done += k
         if progress is not None:
-            progress(min(lo + copies, len(specs)), len(specs))
-    vals = torch.cat(values).cpu()
+            progress(done, len(specs))
+    forwards = len(plan_chunks)
     denom = m_clean - m_corrupt
     # equal baselines (e.g. clean patched into clean) leave the normalised score undefined: NaN
     norm = (vals - m_corrupt) / denom if abs(denom) > 1e-8 else torch.full_like(vals, float("nan"))
     return PatchResult(specs, vals, norm, m_clean, m_corrupt, time.perf_counter() - t0, forwards)
+
+
+def _start(spec: PatchSpec, n_layers: int, seq: int, positions: bool) -> tuple[int, int]:
+    """Where a forward carrying this patch may start: its layer, and its position if it has one."""
+    layer = min(max(spec.site.depth(n_layers)[0], 0), n_layers - 1)
+    if not positions or spec.position is None or spec.site.kind in ("embed", "final_norm", "logits"):
+        return layer, 0
+    return layer, spec.position % seq
+
+
+def _chunks(
+    specs: Sequence[PatchSpec], n_layers: int, seq: int, copies: int, *, positions: bool
+) -> list[tuple[int, int, list[int]]]:
+    """Patches grouped into forwards (start layer, start position, spec indices), at most ``copies`` each.
+
+    Patches of one start layer share forwards; within a layer they are sorted by position and cut
+    where it is cheapest. A forward of k copies from position p costs k * (seq - p) token-rows plus
+    a fixed cost, taken as one copy's full length: the partition minimising the total is found by
+    dynamic programming (positions before a forward's start are recomputed for its later copies).
+    """
+    by_layer: dict[int, list[tuple[int, int]]] = {}
+    for i, s in enumerate(specs):
+        layer, pos = _start(s, n_layers, seq, positions)
+        by_layer.setdefault(layer, []).append((pos, i))
+    out = []
+    for layer in sorted(by_layer):
+        group = sorted(by_layer[layer])
+        m = len(group)
+        best, cut = [0.0] + [float("inf")] * m, [0] * (m + 1)
+        for end in range(1, m + 1):
+            for lo in range(max(0, end - copies), end):
+                cost = best[lo] + seq + (end - lo) * (seq - group[lo][0])
+                if cost < best[end]:
+                    best[end], cut[end] = cost, lo
+        bounds, end = [], m
+        while end:
+            bounds.append((cut[end], end))
+            end = cut[end]
+        for lo, hi in reversed(bounds):
+            out.append((layer, group[lo][0], [i for _, i in group[lo:hi]]))
+    return out
+
+
+def _patch_plan(chunk: Sequence[PatchSpec], src: dict[Site, Tensor], n: int, start: int) -> dict[Site, edits.Edit]:
+    """One edit per site writing each copy's patch; ``start`` is the first position the forward runs."""
+    plan: dict[Site, edits.Edit] = {}
+    for site in dict.fromkeys(s.site for s in chunk):
+        mine = [(c, s) for c, s in enumerate(chunk) if s.site == site]
+        value = src[site][:, start:] if start else src[site]
+
+        def fn(x: Tensor, mine=mine, value=value) -> Tensor:
+            x = x.clone()
+            for c, s in mine:
+                rows = slice(c * n, (c + 1) * n)
+                pos = slice(None) if s.position is None else (s.position % (start + x.shape[1])) - start
+                idx = (slice(None), pos) if s.head is None else (slice(None), pos, s.head)
+                x[rows][idx] = value[idx].to(x.dtype)
+            return x
+
+        plan[site] = edits.custom(fn)
+    return plan
 
 
 def _task_batches(model: Model, task: TaskPairs) -> tuple[Batch, Batch]:
@@ -189,7 +259,7 @@ def resid_by_layer_pos(
     layers = list(layers if layers is not None else range(model.shape.n_layers))
     seq = clean.shape[1]
     specs = [PatchSpec(Site(kind, layer), p) for layer in layers for p in range(seq)]
-    res = patch_sweep(model, clean, corrupt, specs, task.metric, **kw)
+    res = patch_sweep(model, clean, corrupt, specs, task.metric, **{"logits_to_keep": 1, **kw})
     return PatchGrid(res.normalized.reshape(len(layers), seq), [str(layer) for layer in layers], _labels(model, clean), res,
                      f"{kind} by layer x position")  # fmt: skip
 
@@ -199,7 +269,7 @@ def layer_outputs(model: Model, task: TaskPairs, *, kinds: Sequence[str] = ("att
     clean, corrupt = _task_batches(model, task)
     L = model.shape.n_layers
     specs = [PatchSpec(Site(k, layer)) for k in kinds for layer in range(L)]
-    res = patch_sweep(model, clean, corrupt, specs, task.metric, **kw)
+    res = patch_sweep(model, clean, corrupt, specs, task.metric, **{"logits_to_keep": 1, **kw})
     return PatchGrid(res.normalized.reshape(len(kinds), L), list(kinds), [str(layer) for layer in range(L)], res,
                      "attention and MLP output by layer")  # fmt: skip
 
@@ -209,7 +279,7 @@ def heads(model: Model, task: TaskPairs, *, positions: int | None = None, **kw) 
     clean, corrupt = _task_batches(model, task)
     L, H = model.shape.n_layers, model.shape.n_heads
     specs = [PatchSpec(Site("attn_z", layer), positions, h) for layer in range(L) for h in range(H)]
-    res = patch_sweep(model, clean, corrupt, specs, task.metric, **kw)
+    res = patch_sweep(model, clean, corrupt, specs, task.metric, **{"logits_to_keep": 1, **kw})
     return PatchGrid(res.normalized.reshape(L, H), [str(layer) for layer in range(L)], [str(h) for h in range(H)], res,
                      "attention heads (attn_z)")  # fmt: skip
 
@@ -220,7 +290,7 @@ def head_by_pos(model: Model, task: TaskPairs, *, layers: Sequence[int] | None =
     layers = list(layers if layers is not None else range(model.shape.n_layers))
     H, seq = model.shape.n_heads, clean.shape[1]
     specs = [PatchSpec(Site("attn_z", layer), p, h) for layer in layers for h in range(H) for p in range(seq)]
-    res = patch_sweep(model, clean, corrupt, specs, task.metric, **kw)
+    res = patch_sweep(model, clean, corrupt, specs, task.metric, **{"logits_to_keep": 1, **kw})
     return PatchGrid(res.normalized.reshape(len(layers) * H, seq), [f"{la}.{h}" for la in layers for h in range(H)],
                      _labels(model, clean), res, "head x position")  # fmt: skip
 
