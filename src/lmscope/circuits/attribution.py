@@ -47,31 +47,37 @@ if TYPE_CHECKING:
 
 
 def node_attribution(
-    model: Model, clean: Batch, corrupt: Batch, specs: Sequence[PatchSpec], metric: Metric
+    model: Model, clean: Batch, corrupt: Batch, specs: Sequence[PatchSpec], metric: Metric, *, logits_to_keep: int = 0
 ) -> PatchResult:
-    """Gradient estimate of denoising patches: ``values`` = corrupt + (clean - corrupt) . grad."""
+    """Gradient estimate of denoising patches: ``values`` = corrupt + (clean - corrupt) . grad.
+
+    Costs two forwards and one backward that computes activation gradients only (no weight
+    gradients). ``logits_to_keep=1`` unembeds only the last position, for metrics that read nothing else.
+    """
     specs = list(specs)
     sites = list(dict.fromkeys(s.site for s in specs))
+    keep_kw = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
     with capture(model, sites) as clean_acts:
-        m_clean = float(metric(model(clean)).mean())
+        m_clean = float(metric(model(clean, **keep_kw)).mean())
     # An identity edit puts a fresh tensor on the forward path at each site and keeps it, so its
-    # .grad is dM/d(site) whatever view of the hooked module's tensor the site is.
+    # gradient is dM/d(site) whatever view of the hooked module's tensor the site is.
     seen: dict[Site, Tensor] = {}
 
     def keep(x: Tensor, site: Site) -> Tensor:
         y = x * 1.0
-        y.retain_grad()
         seen[site] = y
         return y
 
     with intervene(model, {site: edits.custom(partial(keep, site=site)) for site in sites}):
-        out = metric(model(corrupt, grad=True)).mean()
-    out.backward()
+        out = metric(model(corrupt, grad=True, **keep_kw)).mean()
+    # gradients of the kept activations only: the weights' gradients are never computed
+    got = torch.autograd.grad(out, [seen[site] for site in sites], allow_unused=True)
+    grads = dict(zip(sites, got, strict=True))
     m_corrupt = float(out.detach())
     vals = []
     for s in specs:
         idx = s.select(clean_acts[s.site])
-        grad = seen[s.site].grad
+        grad = grads[s.site]
         if grad is None:
             raise RuntimeError(f"no gradient reached {s.site}; does the metric depend on it?")
         d = (clean_acts[s.site][idx] - seen[s.site][idx].detach()) * grad[idx]

@@ -127,7 +127,7 @@ class Attribute(_TaskExperiment):
         for v in ctx.progress(self.variants, "variants"):
             grid = _grid(model, task, v, copies=self.copies)
             t0 = time.perf_counter()
-            attr = node_attribution(model, clean, corrupt, grid.result.specs, task.metric)
+            attr = node_attribution(model, clean, corrupt, grid.result.specs, task.metric, logits_to_keep=1)
             corr = correlation(attr.normalized, grid.result.normalized)
             data["nodes"][v] = {"correlation": corr, "attribution": attr.normalized.tolist(),
                                 "patching": grid.values.flatten().tolist(), "seconds_attribution": time.perf_counter() - t0,

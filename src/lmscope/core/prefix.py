@@ -75,10 +75,15 @@ class Prefix:
         # recurrent states cannot): other caches start every pass at position 0
         self.reuses_positions = all(type(c).__name__ == "DynamicLayer" for c in getattr(self.cache, "layers", [None]))
 
-    def forward(self, *, copies: int, layer: int = 0, position: int = 0, logits_to_keep: int = 0) -> Tensor:
+    def forward(
+        self, *, copies: int, layer: int = 0, position: int = 0, logits_to_keep: int = 0,
+        start: Tensor | None = None, grad: bool = False,
+    ) -> Tensor:  # fmt: skip
         """Logits of ``copies`` stacked copies (row c*n + i is example i), run from ``layer`` and ``position``.
 
         Returns (copies * n, seq - position, vocab) logits, or the last ``logits_to_keep`` positions.
+        ``start`` replaces the stored input of ``layer`` (shape (copies * n, seq - position, d_model));
+        with ``grad`` the pass builds an autograd graph (from ``start``, say).
         """
         n, seq = self.batch.shape
         L = self.model.shape.n_layers
@@ -103,8 +108,12 @@ class Prefix:
             kw[self._cache_arg] = cache
         if logits_to_keep and self._keeps_logits:
             kw["logits_to_keep"] = logits_to_keep
-        start = self.inputs[layer][rows, position:] if layer > 0 else None
-        with torch.no_grad(), self._replaced(layer, start):
+        if start is None:
+            start = self.inputs[layer][rows, position:] if layer > 0 else None
+        elif layer == 0 or start.shape != (copies * n, seq - position, self.inputs[layer].shape[-1]):
+            raise ValueError(f"start must be ({copies * n}, {seq - position}, d_model) at a layer above 0, "
+                             f"got {tuple(start.shape)} at layer {layer}")  # fmt: skip
+        with torch.set_grad_enabled(grad), self._replaced(layer, start):
             logits = self.model.hf(**kw).logits
         return logits[:, -logits_to_keep:] if logits_to_keep else logits
 

@@ -33,13 +33,15 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from lmscope.core import edits
 from lmscope.core.hooks import capture, intervene
+from lmscope.core.inputs import Batch
+from lmscope.core.prefix import Prefix
 from lmscope.core.sites import Site
 from lmscope.data.bundled import list_data, load_json, load_jsonl
 from lmscope.experiments.artifacts import Provenance, load_artifact, save_artifact
@@ -182,46 +184,31 @@ def jacobian(
         raise ValueError(f"subject position {subject_pos} must be inside the prompt and after its first token")
     dev = model.device
     x = torch.tensor([list(ids)], device=dev)
-    with torch.no_grad():
-        with capture(model, [Site("resid_post", layer), Site("resid_post", L - 1)]) as acts:
-            model(x)
-        s0 = acts[Site("resid_post", layer)][0, subject_pos]
-        o0 = acts[Site("resid_post", L - 1)][0, -1]
-        pre = model.hf(input_ids=x[:, :subject_pos], use_cache=True)
+    batch = Batch(x, torch.ones_like(x), torch.arange(x.shape[1], device=dev)[None])
+    with capture(model, [Site("resid_post", L - 1)]) as acts:
+        prefix = Prefix(model, batch)  # layer inputs and KV cache of the prompt, for the passes below
+    s0 = prefix.inputs[layer + 1][0, subject_pos]  # resid_post[layer] is the input of layer + 1
+    o0 = acts[Site("resid_post", L - 1)][0, -1]
+    after = prefix.inputs[layer + 1][0, subject_pos + 1 :]
     rows = []
-    suffix = x[:, subject_pos:]
     for lo in range(0, d, chunk):
         k = min(chunk, d - lo)
-        cache = _copy_cache(pre.past_key_values, k)
         H = s0.expand(k, d).clone().requires_grad_(True)
+        start = torch.cat([H[:, None], after.expand(k, -1, -1)], dim=1)  # the subject state is H; the rest as run
         stash: dict[str, Tensor] = {}
-
-        def feed(t: Tensor, H: Tensor = H) -> Tensor:
-            t = t.clone()
-            t[:, 0] = H
-            return t
 
         def keep(t: Tensor, stash: dict[str, Tensor] = stash) -> Tensor:
             stash["o"] = t
             return t
 
-        pos = torch.arange(subject_pos, len(ids), device=dev).expand(k, -1)
-        mask = torch.ones(k, len(ids), dtype=torch.long, device=dev)
-        with intervene(model, {Site("resid_post", layer): edits.custom(feed), Site("resid_post", L - 1): edits.custom(keep)}):
-            model.hf(input_ids=suffix.expand(k, -1), attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        # layers up to `layer` are not run again (their output is `start`), nor the positions before the subject
+        with intervene(model, {Site("resid_post", L - 1): edits.custom(keep)}):
+            prefix.forward(copies=k, layer=layer + 1, position=subject_pos, logits_to_keep=1, start=start, grad=True)
         o = stash["o"][:, -1]
         sel = o[torch.arange(k), torch.arange(lo, lo + k)].sum()
         (g,) = torch.autograd.grad(sel, H)
         rows.append(g)
     return torch.cat(rows), s0, o0
-
-
-def _copy_cache(cache: Any, k: int) -> Any:
-    import copy
-
-    c = copy.deepcopy(cache)
-    c.batch_repeat_interleave(k)
-    return c
 
 
 def estimate_lre(
