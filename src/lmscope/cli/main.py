@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from lmscope.core.version import LMSCOPE_VERSION
-from lmscope.experiments.spec import parse_layers, unwrap
 
 EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPT = 1, 2, 130
 
@@ -43,6 +42,8 @@ def set_threads(n: int | None = None) -> None:
 
 def _field_options(f: dataclasses.Field, hint: Any) -> tuple[list[str], dict[str, Any]]:
     """argparse names and options for one experiment field."""
+    from lmscope.experiments.spec import unwrap
+
     meta = f.metadata
     hint = unwrap(hint)[0]
     origin = typing.get_origin(hint)
@@ -73,6 +74,8 @@ def _field_options(f: dataclasses.Field, hint: Any) -> tuple[list[str], dict[str
 
 def _to_value(f: dataclasses.Field, hint: Any, raw: Any) -> Any:
     """A parsed CLI value as the field's type (lists to tuples, the layer grammar, comma lists)."""
+    from lmscope.experiments.spec import parse_layers, unwrap
+
     if raw is None or not isinstance(raw, list):
         return raw
     if f.name.endswith("layers"):
@@ -86,7 +89,8 @@ def _to_value(f: dataclasses.Field, hint: Any, raw: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lmscope.cli.commands import COMMANDS
+    """The parser, from the shipped command table (no experiment module or torch is imported)."""
+    from lmscope.cli.manifest import argparse_options, read
 
     parser = argparse.ArgumentParser(prog="lmscope", description="Look inside language models and change what you find.",
                                      allow_abbrev=False)
@@ -94,26 +98,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default $LMSCOPE_THREADS)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, Any] = {}
-    for cls in COMMANDS:
-        *group, name = cls.command.split()
+    for entry in read():
+        *group, name = entry["command"].split()
         where = sub
         if group:
             if group[0] not in groups:
                 g = sub.add_parser(group[0], help=f"{group[0]} commands")
                 groups[group[0]] = g.add_subparsers(dest=f"{group[0]}_command", metavar="ACTION", required=True)
             where = groups[group[0]]
-        p = where.add_parser(name, help=cls.about, description=(cls.__doc__ or cls.about).strip(), allow_abbrev=False,
+        p = where.add_parser(name, help=entry["about"], description=entry["description"], allow_abbrev=False,
                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-        hints = typing.get_type_hints(cls)
-        options = [_field_options(f, hints[f.name]) for f in dataclasses.fields(cls)] + [([n], o) for n, o in COMMON]
-        for names, opts in options:
-            p.add_argument(*names, **{k: v for k, v in opts.items() if v is not None})
-        p.set_defaults(experiment=cls)
+        for names, opts in [*entry["options"], *([[n], o] for n, o in COMMON)]:
+            p.add_argument(*names, **argparse_options(opts))
+        p.set_defaults(experiment=entry["class"], uses_model=entry["uses_model"])
     return parser
 
 
+def experiment_class(path: str) -> Any:
+    """The experiment class a table entry names ("module:Class")."""
+    import importlib
+
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def experiment_from_args(args: argparse.Namespace) -> Any:
-    cls = args.experiment
+    cls = experiment_class(args.experiment) if isinstance(args.experiment, str) else args.experiment
     hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
