@@ -33,7 +33,7 @@ from torch import Tensor
 
 from lmscope.core import edits
 from lmscope.core.hooks import capture, intervene
-from lmscope.core.prefix import Prefix
+from lmscope.core.prefix import Prefix, start_layer
 from lmscope.core.sites import Site
 
 from .graph import repeat_batch
@@ -150,9 +150,10 @@ def patch_sweep(
     src = {s: acts[s] for s in sites}
     t0 = time.perf_counter()
     if reuse:
-        prefix = Prefix(model, target)
+        L = model.shape.n_layers
+        prefix = Prefix(model, target, layers={start_layer(s.site, L) for s in specs})
         m_target = float(metric(prefix.logits).mean())
-        plan_chunks = _chunks(specs, model.shape.n_layers, seq, copies, positions=prefix.reuses_positions)
+        plan_chunks = _chunks(specs, L, seq, copies, positions=prefix.reuses_positions)
     else:
         m_target = _run_metric(model, target, metric)
         plan_chunks = [(0, 0, list(range(lo, min(lo + copies, len(specs))))) for lo in range(0, len(specs), copies)]
@@ -183,7 +184,7 @@ def patch_sweep(
 
 def _start(spec: PatchSpec, n_layers: int, seq: int, positions: bool) -> tuple[int, int]:
     """Where a forward carrying this patch may start: its layer, and its position if it has one."""
-    layer = min(max(spec.site.depth(n_layers)[0], 0), n_layers - 1)
+    layer = start_layer(spec.site, n_layers)
     if not positions or spec.position is None or spec.site.kind in ("embed", "final_norm", "logits"):
         return layer, 0
     return layer, spec.position % seq

@@ -21,8 +21,8 @@ from __future__ import annotations
 import copy
 import inspect
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -49,6 +49,11 @@ class _Replay(nn.Module):
         return hidden_states if self.value is None else self.value
 
 
+def start_layer(site: Site, n_layers: int) -> int:
+    """The first decoder layer a forward must run for an edit at ``site`` to take effect."""
+    return min(max(site.depth(n_layers)[0], 0), n_layers - 1)
+
+
 def _cut(layer: Any, rows: Tensor, position: int) -> Any:
     """A copy of one cache layer holding the first ``position`` tokens of the given batch rows."""
     c = copy.copy(layer)
@@ -57,23 +62,27 @@ def _cut(layer: Any, rows: Tensor, position: int) -> Any:
 
 
 class Prefix:
-    """One unpatched pass of ``batch``: every layer's input (``resid_pre``) and the KV cache."""
+    """One unpatched pass of ``batch``: the inputs (``resid_pre``) of ``layers`` (default all) and,
+    with ``positions``, the KV cache. Keep only what later passes start from: it is memory."""
 
-    def __init__(self, model: Model, batch: Batch) -> None:
+    def __init__(self, model: Model, batch: Batch, *, layers: Sequence[int] | None = None, positions: bool = True) -> None:
         self.model, self.batch = model, batch
         L = model.shape.n_layers
-        sites = [Site("resid_pre", layer) for layer in range(L)]
+        kept = sorted(set(range(L) if layers is None else layers) - {0})
+        sites = [Site("resid_pre", layer) for layer in kept]
         cache_arg = "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
-        with torch.no_grad(), capture(model, sites) as acts:
-            out = model.hf(**batch.model_inputs(), use_cache=True)
-        self.inputs = [acts[s] for s in sites]
-        self.cache = out["cache"] if "cache" in out else out.past_key_values
-        self.logits = out.logits
+        watch: Any = capture(model, sites) if sites else nullcontext({})
+        with torch.no_grad(), watch as acts:
+            out = model.hf(**batch.model_inputs(), use_cache=positions)
+        self.inputs: dict[int, Tensor] = {layer: acts[s] for layer, s in zip(kept, sites, strict=True)}
+        self.cache = (out["cache"] if "cache" in out else out.past_key_values) if positions else None
+        self.logits: Tensor | None = out.logits
+        """The pass's logits (a user may drop them to save memory)."""
         self._cache_arg = cache_arg
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.hf.forward).parameters
         # only plain per-token key/value caches can be cut at a position (sliding windows and
         # recurrent states cannot): other caches start every pass at position 0
-        self.reuses_positions = all(type(c).__name__ == "DynamicLayer" for c in getattr(self.cache, "layers", [None]))
+        self.reuses_positions = self.cache is not None and all(type(c).__name__ == "DynamicLayer" for c in self.cache.layers)
 
     def forward(
         self, *, copies: int, layer: int = 0, position: int = 0, logits_to_keep: int = 0,
@@ -93,6 +102,8 @@ class Prefix:
             raise IndexError(f"start position {position} out of range for {seq} tokens")
         if logits_to_keep and logits_to_keep > seq - position:
             raise ValueError(f"logits_to_keep={logits_to_keep} exceeds the {seq - position} positions run")
+        if layer > 0 and layer not in self.inputs:
+            raise ValueError(f"this prefix did not keep the input of layer {layer} (kept {sorted(self.inputs)})")
         rows = torch.arange(copies * n, device=self.batch.input_ids.device) % n
         kw: dict[str, Any] = {
             "input_ids": self.batch.input_ids[rows, position:],
@@ -101,8 +112,9 @@ class Prefix:
             "use_cache": position > 0,
         }
         if position > 0:
-            if not self.reuses_positions:
-                raise NotImplementedError(f"{type(self.cache).__name__} with non-dynamic layers: start at position 0")
+            if not self.reuses_positions or self.cache is None:
+                raise NotImplementedError("this prefix keeps no per-token KV cache (positions=False, or a sliding-window "
+                                          "or recurrent cache): start at position 0")
             cache = copy.copy(self.cache)
             cache.layers = [_cut(c, rows, position) for c in self.cache.layers]
             kw[self._cache_arg] = cache
@@ -110,7 +122,7 @@ class Prefix:
             kw["logits_to_keep"] = logits_to_keep
         if start is None:
             start = self.inputs[layer][rows, position:] if layer > 0 else None
-        elif layer == 0 or start.shape != (copies * n, seq - position, self.inputs[layer].shape[-1]):
+        elif layer == 0 or start.shape != (copies * n, seq - position, self.model.shape.d_model):
             raise ValueError(f"start must be ({copies * n}, {seq - position}, d_model) at a layer above 0, "
                              f"got {tuple(start.shape)} at layer {layer}")  # fmt: skip
         with torch.set_grad_enabled(grad), self._replaced(layer, start):

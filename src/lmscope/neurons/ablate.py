@@ -35,6 +35,8 @@ from torch import Tensor
 from lmscope.core import edits
 from lmscope.core.edits import Edit, Positions
 from lmscope.core.hooks import capture, intervene
+from lmscope.core.inputs import Batch
+from lmscope.core.prefix import Prefix, start_layer
 from lmscope.core.sites import Site
 
 if TYPE_CHECKING:
@@ -87,31 +89,38 @@ def _edit(mode: str, neurons: list[int], mean: Tensor, pool: Tensor, seed: int, 
 class _Scorer:
     """Clean logits cached once; scores any edit at ``site`` against them."""
 
-    def __init__(self, model: Model, ids: Tensor, mask: Tensor | None, token_set: list[int] | None, batch_size: int):
-        self.model, self.ids, self.batch_size = model, ids, batch_size
+    def __init__(self, model: Model, ids: Tensor, mask: Tensor | None, token_set: list[int] | None, batch_size: int,
+                 site: Site):  # fmt: skip
+        self.model, self.ids, self.batch_size, self.site = model, ids, batch_size, site
         m = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool().clone()
         m[:, -1] = False  # the last position has no next token to score
         self.mask = m
         self.token_set = None if token_set is None else torch.tensor(token_set)
-        self.clean = [self._logp(i, None) for i in range(0, ids.shape[0], batch_size)]
+        self.start = start_layer(site, model.shape.n_layers)
+        # the clean pass of each batch, kept: edited passes start at the site's layer from its stored input
+        self.prefixes, self.clean = [], []
+        for i in range(0, ids.shape[0], batch_size):
+            rows = ids[i : i + batch_size].to(model.device)
+            batch = Batch(rows, torch.ones_like(rows), torch.arange(rows.shape[1], device=rows.device).expand_as(rows))
+            prefix = Prefix(model, batch, layers=[self.start], positions=False)
+            self.clean.append(self._scored(i, prefix.logits))
+            prefix.logits = None  # kept once, as the log-probabilities above
+            self.prefixes.append(prefix)
 
-    def _logp(self, i: int, edit: tuple[Site, Edit] | None) -> Tensor:
-        batch = self.ids[i : i + self.batch_size]
-        if edit is None:
-            logits = self.model(batch)
-        else:
-            with intervene(self.model, {edit[0]: edit[1]}):
-                logits = self.model(batch)
-        assert logits is not None
+    def _scored(self, i: int, logits: Tensor) -> Tensor:
         return logits.float().log_softmax(-1)[self.mask[i : i + self.batch_size]].cpu()
 
-    def score(self, site: Site, edit: Edit | None) -> Effect:
+    def _logp(self, b: int, i: int, edit: Edit) -> Tensor:
+        with intervene(self.model, {self.site: edit}):
+            return self._scored(i, self.prefixes[b].forward(copies=1, layer=self.start))
+
+    def score(self, edit: Edit | None) -> Effect:
         kl, dlogp, top1, tset, n = 0.0, 0.0, 0.0, 0.0, 0
         targets = self.ids[:, 1:][self.mask[:, :-1]]
         t0 = 0
         for b, i in enumerate(range(0, self.ids.shape[0], self.batch_size)):
             clean = self.clean[b]
-            new = clean if edit is None else self._logp(i, (site, edit))
+            new = clean if edit is None else self._logp(b, i, edit)
             tg = targets[t0 : t0 + clean.shape[0]].to(clean.device)
             t0 += clean.shape[0]
             rows = torch.arange(clean.shape[0])
@@ -159,7 +168,7 @@ def ablate(model: Model, layer: int, neurons: list[int], ids: Tensor, *, modes: 
     if not neurons or min(neurons) < 0 or max(neurons) >= width:
         raise IndexError(f"neurons must be a non-empty list in [0, {width}), got {neurons}")
     mean, pool = layer_reference(model, layer, ids if reference is None else reference, seed=seed)
-    scorer = _Scorer(model, ids, score_mask, None, batch_size)
+    scorer = _Scorer(model, ids, score_mask, None, batch_size, site)
     sets = _random_sets(width, neurons, len(neurons), n_controls, seed)
     res = AblationResult(layer, list(neurons), {}, {}, sets)
     total, done = len(modes) * (1 + len(sets)), 0
@@ -168,7 +177,7 @@ def ablate(model: Model, layer: int, neurons: list[int], ids: Tensor, *, modes: 
         for s in [list(neurons), *sets]:
             if progress:
                 progress(f"{mode} ablation: scoring run {done + 1}/{total}")
-            scored.append(scorer.score(site, _edit(mode, s, mean, pool, seed, positions)))
+            scored.append(scorer.score(_edit(mode, s, mean, pool, seed, positions)))
             done += 1
         res.effects[mode], res.controls[mode] = scored[0], scored[1:]
     return res
@@ -195,7 +204,7 @@ def dose_response(model: Model, layer: int, neurons: list[int], ids: Tensor, *, 
     if mode not in ("scale", "set"):
         raise ValueError(f"mode must be 'scale' or 'set', got {mode!r}")
     site = Site("mlp_post", layer)
-    scorer = _Scorer(model, ids, score_mask, token_set, batch_size)
+    scorer = _Scorer(model, ids, score_mask, token_set, batch_size, site)
 
     def edit(v: float, ns: list[int]) -> Edit:
         return edits.scale(v, index=ns) if mode == "scale" else edits.replace(torch.full((len(ns),), float(v)), index=ns)
@@ -205,7 +214,7 @@ def dose_response(model: Model, layer: int, neurons: list[int], ids: Tensor, *, 
     def scored(v: float, ns: list[int], n: int) -> Effect:
         if progress:
             progress(f"dose-response: run {n + 1}/{len(values) * (1 + len(sets))}")
-        return scorer.score(site, edit(v, ns))
+        return scorer.score(edit(v, ns))
 
     effects = [scored(v, neurons, i) for i, v in enumerate(values)]
     controls = [[scored(v, s, (c + 1) * len(values) + i) for i, v in enumerate(values)] for c, s in enumerate(sets)]

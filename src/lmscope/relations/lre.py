@@ -186,7 +186,7 @@ def jacobian(
     x = torch.tensor([list(ids)], device=dev)
     batch = Batch(x, torch.ones_like(x), torch.arange(x.shape[1], device=dev)[None])
     with capture(model, [Site("resid_post", L - 1)]) as acts:
-        prefix = Prefix(model, batch)  # layer inputs and KV cache of the prompt, for the passes below
+        prefix = Prefix(model, batch, layers=[layer + 1])  # layer inputs and KV cache of the prompt, for the passes below
     s0 = prefix.inputs[layer + 1][0, subject_pos]  # resid_post[layer] is the input of layer + 1
     o0 = acts[Site("resid_post", L - 1)][0, -1]
     after = prefix.inputs[layer + 1][0, subject_pos + 1 :]

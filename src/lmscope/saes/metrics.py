@@ -36,7 +36,9 @@ from torch import Tensor
 from lmscope.core import edits
 from lmscope.core.edits import Edit
 from lmscope.core.hooks import capture, intervene
+from lmscope.core.inputs import Batch
 from lmscope.core.metrics import cross_entropy, kl_div
+from lmscope.core.prefix import Prefix, start_layer
 from lmscope.core.sites import Site, SiteLike, as_site
 from lmscope.saes.sae import SAE
 
@@ -165,6 +167,7 @@ def evaluate_sae(
     trained on the attention-sink token); CE and KL are averaged over every next-token prediction.
     """
     site = check_site(model, sae, site)
+    start = start_layer(site, model.shape.n_layers)
     sae.eval()
     positions: Any = "all" if skip_first == 0 else list(range(skip_first, chunks.shape[1]))
     freq = torch.zeros(sae.cfg.d_sae)
@@ -175,8 +178,11 @@ def evaluate_sae(
     n_batches = 0
     for i in range(0, chunks.shape[0], batch_size):
         ids = chunks[i : i + batch_size].to(model.device)
+        batch = Batch(ids, torch.ones_like(ids), torch.arange(ids.shape[1], device=ids.device).expand_as(ids))
+        # the clean pass, kept: the spliced and zero-ablated passes start at the site's layer from it
         with capture(model, [site]) as acts:
-            clean = model(ids)
+            prefix = Prefix(model, batch, layers=[start], positions=False)
+        clean = prefix.logits
         x = acts[site][:, skip_first:].reshape(-1, sae.cfg.d_in).float()
         z = sae.encode(x)
         recon = sae.decode(z)
@@ -187,10 +193,9 @@ def evaluate_sae(
         n += x.shape[0]
         freq += (z > 0).sum(0).float().cpu()
         with intervene(model, {site: splice(sae, positions=positions)}):
-            spliced = model(ids)
+            spliced = prefix.forward(copies=1, layer=start)
         with intervene(model, {site: edits.zero(positions=positions)}):
-            zero = model(ids)
-        assert clean is not None and spliced is not None and zero is not None
+            zero = prefix.forward(copies=1, layer=start)
         ce["clean"] += float(cross_entropy(clean, ids))
         ce["spliced"] += float(cross_entropy(spliced, ids))
         ce["zero"] += float(cross_entropy(zero, ids))
