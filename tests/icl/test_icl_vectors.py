@@ -173,3 +173,17 @@ def test_aie_with_cached_prefix_equals_full_passes(family: str) -> None:
     slow = aie_from_prompts(model, hp, layers=[0, 2], reuse_prefix=False)
     assert torch.allclose(fast, slow, atol=1e-6), (fast - slow).abs().max()
     assert float(slow.abs().max()) > 0
+
+
+def test_zero_shot_runs_started_at_the_layer_equal_full_forwards(tiny_llama) -> None:
+    from lmscope.icl.vectors import ZeroShot, add_at_last, injected_logits
+
+    model = tiny_llama
+    prompts = ["the dog saw", "a fox ran far away from", "hello", "one two three four five six"]  # padded, lengths differ
+    v = torch.randn(model.shape.d_model) * 2
+    runs = ZeroShot(model, prompts, [1, 2], batch_size=3)
+    for layer in (1, 2):
+        assert torch.allclose(add_at_last(model, runs, v, layer), add_at_last(model, prompts, v, layer), atol=1e-5)
+    every = {ls.Site("resid_post", la): ls.edits.add(v) for la in range(model.shape.n_layers)}
+    assert torch.allclose(injected_logits(model, runs, lambda last: every), injected_logits(model, prompts, lambda last: every),
+                          atol=1e-5)  # fmt: skip

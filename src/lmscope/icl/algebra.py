@@ -29,7 +29,7 @@ from lmscope.core.model import Model
 from lmscope.data.bundled import load_jsonl
 from lmscope.experiments.report import Result, new_figure
 from lmscope.icl.tasks import FORMATS, Pair, Task, first_token_accuracy, load_task, make_queries, predict
-from lmscope.icl.vectors import add_at_last, build_vectors
+from lmscope.icl.vectors import ZeroShot, add_at_last, build_vectors
 
 
 def list_tasks(item_task: str = "country_capital", *, seed: int = 0) -> dict[str, Task]:
@@ -99,15 +99,17 @@ def algebra_report(
     }
     for name, t in tasks.items():  # can the model do each ingredient, with ICL and with its own vector?
         iq = make_queries(model, t, f, k=k, n=n, seed=seed)
-        own = [first_token_accuracy(add_at_last(model, iq.zero_shot, vecs[name].icv[L], L), iq.targets) for L in layers]
+        runs = ZeroShot(model, iq.zero_shot, layers)
+        own = [first_token_accuracy(add_at_last(model, runs, vecs[name].icv[L], L), iq.targets) for L in layers]
         result["ingredients"][name] = {
             "zero_shot": first_token_accuracy(predict(model, iq.zero_shot), iq.targets),
             "icl": first_token_accuracy(predict(model, iq.few_shot), iq.targets), "own_vector_per_layer": own,
         }  # fmt: skip
+    runs = ZeroShot(model, q.zero_shot, layers)
     for layer in layers:
         row = {}
         for name, make in candidates.items():
-            logits = add_at_last(model, q.zero_shot, make(layer), layer)
+            logits = add_at_last(model, runs, make(layer), layer)
             row[name] = first_token_accuracy(logits, q.targets)
             if name == "composed":
                 row["composed_says_f_first"] = first_token_accuracy(logits, cap_first)

@@ -40,6 +40,7 @@ from lmscope.core.edits import Edit
 from lmscope.core.hooks import capture, intervene
 from lmscope.core.metrics import at_last
 from lmscope.core.model import Model
+from lmscope.core.prefix import Prefix
 from lmscope.core.sites import Site
 from lmscope.icl.tasks import PromptFormat, Task, first_token_accuracy, sample_demos
 
@@ -131,8 +132,36 @@ def injection_edits(model: Model, method: str, vecs: TaskVectors, layer: int | N
     raise ValueError(f"unknown method {method!r}; choose icv, icv_raw, task_vector or liu")
 
 
-def injected_logits(model: Model, prompts: Sequence[str], edit_fn, *, batch_size: int = 16) -> Tensor:
-    """(n, vocab) last-token logits with ``edit_fn(last_index) -> {site: edit}`` active."""
+class ZeroShot:
+    """Prompts run once with each batch's inputs of ``layers`` kept, so that a vector injected at
+    layer L re-runs only layers L and above (the values equal a full forward's)."""
+
+    def __init__(self, model: Model, prompts: Sequence[str], layers: Sequence[int], *, batch_size: int = 16) -> None:
+        self.model = model
+        self.batches = [model.tokenize(list(prompts[i : i + batch_size])) for i in range(0, len(prompts), batch_size)]
+        self.prefixes = []
+        for batch in self.batches:
+            prefix = Prefix(model, batch, layers=layers, positions=False)
+            prefix.logits = None
+            self.prefixes.append(prefix)
+
+    def logits(self, edit_fn, *, start: int = 0) -> Tensor:
+        """(n, vocab) last-token logits with ``edit_fn(last_index)`` active, run from layer ``start``."""
+        out = []
+        for batch, prefix in zip(self.batches, self.prefixes, strict=True):
+            with intervene(self.model, edit_fn(batch.last_index)):
+                logits = prefix.forward(copies=1, layer=start)
+            out.append(at_last(logits, batch.attention_mask).float().cpu())
+        return torch.cat(out)
+
+
+def injected_logits(model: Model, prompts: Sequence[str] | ZeroShot, edit_fn, *, batch_size: int = 16,
+                    start: int = 0) -> Tensor:  # fmt: skip
+    """(n, vocab) last-token logits with ``edit_fn(last_index) -> {site: edit}`` active.
+
+    With a :class:`ZeroShot` the passes start at layer ``start`` (every edit must be at or above it)."""
+    if isinstance(prompts, ZeroShot):
+        return prompts.logits(edit_fn, start=start)
     out = []
     for i in range(0, len(prompts), batch_size):
         batch = model.tokenize(list(prompts[i : i + batch_size]))
@@ -144,14 +173,18 @@ def injected_logits(model: Model, prompts: Sequence[str], edit_fn, *, batch_size
 
 
 def evaluate_injection(
-    model: Model, prompts: Sequence[str], targets: Sequence[int], method: str, vecs: TaskVectors,
+    model: Model, prompts: Sequence[str] | ZeroShot, targets: Sequence[int], method: str, vecs: TaskVectors,
     layer: int | None, *, scale: float = 1.0,
 ) -> float:  # fmt: skip
     """First-token accuracy of zero-shot ``prompts`` with one method's vector injected."""
-    logits = injected_logits(model, prompts, lambda last: injection_edits(model, method, vecs, layer, last, scale=scale))
+    start = 0 if method == "liu" or layer is None else layer
+    logits = injected_logits(model, prompts, lambda last: injection_edits(model, method, vecs, layer, last, scale=scale),
+                             start=start)  # fmt: skip
     return first_token_accuracy(logits, targets)
 
 
-def add_at_last(model: Model, prompts: Sequence[str], vector: Tensor, layer: int, *, scale: float = 1.0) -> Tensor:
+def add_at_last(model: Model, prompts: Sequence[str] | ZeroShot, vector: Tensor, layer: int, *,
+                scale: float = 1.0) -> Tensor:  # fmt: skip
     """(n, vocab) logits with ``scale * vector`` added to resid_post[layer] at each prompt's last token."""
-    return injected_logits(model, prompts, lambda last: {Site("resid_post", layer): edits.add(vector, scale, positions=last)})
+    return injected_logits(model, prompts, lambda last: {Site("resid_post", layer): edits.add(vector, scale, positions=last)},
+                           start=layer)  # fmt: skip

@@ -18,7 +18,7 @@ from lmscope.experiments.progress import Log
 from lmscope.experiments.report import Result, new_figure
 from lmscope.icl.function_vectors import aie_from_prompts, function_vector, head_prompts, top_heads
 from lmscope.icl.tasks import FORMATS, first_token_accuracy, load_task, make_queries, predict
-from lmscope.icl.vectors import add_at_last, build_vectors, evaluate_injection
+from lmscope.icl.vectors import ZeroShot, add_at_last, build_vectors, evaluate_injection
 
 METHODS = ("icv", "icv_raw", "task_vector", "function_vector")
 LIU_STRENGTHS = (0.5, 1.0, 2.0)
@@ -54,15 +54,16 @@ def vectors_report(
             "icl": first_token_accuracy(predict(model, q.few_shot), q.targets),
         }
         vecs = build_vectors(model, task, f, layers, k=k, n_prompts=20, seed=seed)
+        runs = ZeroShot(model, q.zero_shot, layers)  # run once; each injection re-runs its layer and above
         for method in METHODS[:3]:
-            row[method] = [evaluate_injection(model, q.zero_shot, q.targets, method, vecs, layer) for layer in layers]
+            row[method] = [evaluate_injection(model, runs, q.targets, method, vecs, layer) for layer in layers]
         if heads:
             fv = function_vector(model, prompts[name].clean, heads)
             row["function_vector"] = [
-                first_token_accuracy(add_at_last(model, q.zero_shot, fv, layer), q.targets) for layer in layers
+                first_token_accuracy(add_at_last(model, runs, fv, layer), q.targets) for layer in layers
             ]
         row["liu"] = {
-            str(s): evaluate_injection(model, q.zero_shot, q.targets, "liu", vecs, None, scale=s) for s in LIU_STRENGTHS
+            str(s): evaluate_injection(model, runs, q.targets, "liu", vecs, None, scale=s) for s in LIU_STRENGTHS
         }
         result["tasks"][name] = row
         best = max(
