@@ -118,3 +118,19 @@ def tl_steer_generate(bridge: Any, batch: Any, layer: int, vector: Tensor, new_t
                                    use_past_kv_cache=use_cache, verbose=False, return_type="tokens")  # fmt: skip
 
     return run
+
+
+def nnsight_resid_patch_loop(lm: Any, corrupt: Any, src: dict[int, Tensor], cells: list[tuple[int, int]], metric: Any) -> Work:
+    """One nnsight trace per (layer, position) patch of resid_post: the clean value written into the corrupted run."""
+    inputs = corrupt.model_inputs()
+
+    def run() -> Tensor:
+        vals = []
+        for layer, pos in cells:
+            with torch.no_grad(), lm.trace(inputs, use_cache=False):
+                lm.model.layers[layer].output[:, pos] = src[layer][:, pos]
+                out = lm.lm_head.output.save()
+            vals.append(float(metric(getattr(out, "value", out)).mean()))
+        return torch.tensor(vals)
+
+    return run

@@ -68,12 +68,56 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="3 repetitions, no TransformerLens")
     p.add_argument("--no-peers", action="store_true", help="skip nnsight and TransformerLens")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--only", choices=("single", "multi"), default=None, help="only the single-pass or the multi-pass part")
+    p.add_argument("--parts", nargs="+", default=None,
+                   choices=("cli", "patching", "attribution", "lre", "evaluations", "sae"), help="multi-pass parts to run")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     reps = 3 if args.quick else args.reps
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     model = ls.load()
+    report: dict[str, Any] = {}
+    if args.only != "multi":
+        report = single_pass(model, args, reps)
+    if args.only != "single":
+        report["multipass"] = multi_pass(model, args, reps)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({k: v for k, v in report.items() if k != "text"}, indent=2))
+    return 0
+
+
+def multi_pass(model: ls.Model, args: argparse.Namespace, reps: int) -> list[dict[str, Any]]:
+    """The multi-pass workloads (``multipass.py``), each against its own baseline; prints their table."""
+    import multipass as mp
+
+    heavy = 1 if args.quick else max(1, reps // 3)  # the patching sweeps take minutes per repetition
+    parts = {
+        "cli": lambda: mp.cli_startup(reps),
+        "patching": lambda: mp.patching(model, heavy, n=4, with_nnsight=not args.no_peers),
+        "attribution": lambda: mp.attribution(model, reps, n=4),
+        "lre": lambda: mp.lre(model, heavy),
+        "evaluations": lambda: mp.evaluations(model, heavy, windows=8 if args.quick else 16),
+        "sae": lambda: mp.sae_training(model, heavy, tokens=8192 if args.quick else 32768, d_sae=4608, k=32),
+    }
+    rows: list[dict[str, Any]] = []
+    print(f"{'benchmark':24s} {'variant':44s} {'median s':>9s} {'ratio':>8s}  vs / note", flush=True)
+    for name, part in parts.items():
+        if args.parts and name not in args.parts:
+            continue
+        new = part()
+        for r in new:  # printed as each part finishes: a late failure loses nothing already measured
+            ratio = "" if r["ratio"] is None else f"{r['ratio']:7.3f}x"
+            value = f"{r['median_s']:9.3f}" if r["vs"] != "speed-up" else f"{r['median_s']:8.2f}x"
+            print(f"{r['benchmark'][:24]:24s} {r['variant'][:44]:44s} {value:>9s} {ratio:>8s}  {r['vs']} {r['note']}".rstrip(),
+                  flush=True)  # fmt: skip
+        rows += new
+    print(f"multi-pass work — threads={args.threads}; load avg {os.getloadavg()[0]:.1f}", flush=True)
+    return rows
+
+
+def single_pass(model: ls.Model, args: argparse.Namespace, reps: int) -> dict[str, Any]:
     n_layers = model.shape.n_layers
     ids = torch.stack(list(token_chunks(model.tokenizer, 128, 8)))  # (8, 128) real text
     hf_inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -166,10 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             "square 2048": gemm_gflops(2048, 2048, 2048, 3)}  # fmt: skip
     report = _report(t_fwd, t_gen, flops, gemm, counts, notes, args, reps)
     print(report["text"])
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({k: v for k, v in report.items() if k != "text"}, indent=2))
-    return 0
+    return report
 
 
 def _t(x: Any) -> torch.Tensor:

@@ -137,3 +137,30 @@ def test_decoder_rows_stay_unit_norm_during_training() -> None:
     res = train_sae(TensorSource(torch.randn(512, 8) * 4), SAEConfig("standard", 8, 16),
                     TrainConfig(total_tokens=1024, batch_size=64, lr=1e-2, progress=False, init_tokens=64))  # fmt: skip
     assert torch.allclose(res.sae.W_dec.norm(dim=-1), torch.ones(16), atol=1e-5)
+
+
+def test_topk_training_forward_by_gather_equals_the_dense_product() -> None:
+    gen = torch.Generator().manual_seed(0)
+    sae = SAE(SAEConfig("topk", 16, 64, k=5, aux_k=8), generator=gen)
+    x = torch.randn(32, 16, generator=gen)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::3] = True
+    out = sae(x, dead_mask=dead)
+    out.loss.backward()
+    fast = {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
+    sae.zero_grad()
+    # the dense reference: the activation rule, then a full (batch, d_sae) @ (d_sae, d_in) product
+    pre = sae.pre_acts(x)
+    z = sae.activate(pre)
+    xs = x * sae.cfg.scaling_factor
+    err = z @ sae.W_dec + sae.b_dec - xs
+    masked = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
+    vals, idx = masked.topk(8, dim=-1, sorted=False)
+    resid = -err.detach()
+    e_hat = torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ sae.W_dec
+    aux = sae.cfg.aux_coeff * min(int(dead.sum()) / 8, 1.0) * (e_hat - resid).pow(2).sum() / (resid - resid.mean(0)).pow(2).sum()
+    loss = err.pow(2).sum(-1).mean() + aux
+    loss.backward()
+    assert torch.allclose(out.latents, z, atol=1e-6) and torch.allclose(out.loss, loss, atol=1e-5)
+    for name, g in fast.items():
+        assert torch.allclose(g, dict(sae.named_parameters())[name].grad, atol=1e-5), name

@@ -156,6 +156,11 @@ def topk_codes(pre: Tensor, k: int) -> Tensor:
     return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
 
 
+def _gather_decode(vals: Tensor, idx: Tensor, W_dec: Tensor) -> Tensor:
+    """sum_j vals[:, j] * W_dec[idx[:, j]]: a sparse code's decoding without its zeros (differentiable)."""
+    return torch.nn.functional.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
+
+
 class SAE(nn.Module):
     """A sparse autoencoder with weights ``W_enc`` (d_in, d_sae), ``b_enc``, ``W_dec`` (d_sae, d_in), ``b_dec``.
 
@@ -231,9 +236,16 @@ class SAE(nn.Module):
         ``dead_mask`` (d_sae,) bool marks latents the AuxK loss may use (topk/batchtopk).
         """
         pre = self.pre_acts(x)
-        z = self.activate(pre)
         xs = x.to(self.W_enc.dtype) * self.cfg.scaling_factor
-        recon_s = z @ self.W_dec + self.b_dec
+        if self.cfg.architecture == "topk" and pre.dim() == 2:
+            # decode by index-gather: k decoder rows per token instead of a dense (batch, d_sae) product
+            vals, idx = pre.topk(int(self.cfg.k), dim=-1, sorted=False)  # type: ignore[arg-type]
+            vals = vals.relu()
+            z = torch.zeros_like(pre).scatter(-1, idx, vals)
+            recon_s = _gather_decode(vals, idx, self.W_dec) + self.b_dec
+        else:
+            z = self.activate(pre)
+            recon_s = z @ self.W_dec + self.b_dec
         err = recon_s - xs
         mse = err.pow(2).sum(-1).mean()
         cfg = self.cfg
@@ -255,8 +267,8 @@ class SAE(nn.Module):
         k_aux = min(self.cfg.aux_k or self.cfg.d_in // 2, int(dead_mask.sum()))
         masked = torch.where(dead_mask, pre, torch.full_like(pre, -torch.inf))
         vals, idx = masked.topk(k_aux, dim=-1, sorted=False)
-        z_aux = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
-        e_hat = z_aux @ self.W_dec
+        e_hat = _gather_decode(vals.relu(), idx, self.W_dec) if pre.dim() == 2 else (
+            torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ self.W_dec)  # fmt: skip
         total_var = (residual - residual.mean(0)).pow(2).sum()
         scale = min(int(dead_mask.sum()) / k_aux, 1.0)
         return self.cfg.aux_coeff * scale * (e_hat - residual).pow(2).sum() / total_var.clamp(min=1e-12)
