@@ -238,12 +238,9 @@ def dashboards(model: ls.Model, sae: Any, ids: torch.Tensor) -> None:
 
 def sae_training(model: ls.Model, reps: int, tokens: int, d_sae: int, k: int) -> list[dict[str, Any]]:
     from lmscope.saes import SAEConfig, TensorSource, TrainConfig, train_sae
+    from lmscope.saes.features import harvest_acts
 
-    windows = -(-tokens // 127)
-    with ls.capture(model, [Site("resid_post", 12)], stop_early=True) as acts:
-        for i in range(0, windows, 8):
-            model(_windows(model, windows)[i : i + 8])
-    x = acts[Site("resid_post", 12)][:, 1:].reshape(-1, model.shape.d_model)[:tokens].contiguous()
+    x = harvest_acts(model, "blocks.12.hook_resid_post", _windows(model, -(-tokens // 127)))[0][:tokens].contiguous()
     batch = 1024
     steps = x.shape[0] // batch
     batches = [x[i * batch : (i + 1) * batch] for i in range(steps)]

@@ -164,3 +164,20 @@ def test_topk_training_forward_by_gather_equals_the_dense_product() -> None:
     assert torch.allclose(out.latents, z, atol=1e-6) and torch.allclose(out.loss, loss, atol=1e-5)
     for name, g in fast.items():
         assert torch.allclose(g, dict(sae.named_parameters())[name].grad, atol=1e-5), name
+
+
+def test_positive_quantiles_match_torch_quantile_column_by_column() -> None:
+    from lmscope.saes.features import QUANTILES, positive_quantiles
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(500, 40, generator=gen).relu() * (torch.rand(500, 40, generator=gen) < 0.1)
+    z[:, 3] = 0.0  # a dead column
+    z[:, 4] = 0.0
+    z[7, 4] = 1.5  # a column with one positive entry
+    probs = torch.tensor(QUANTILES)
+    got = positive_quantiles(z, probs)
+    for j in range(z.shape[1]):
+        col = z[:, j][z[:, j] > 0]
+        want = torch.quantile(col, probs) if col.numel() else torch.zeros(len(probs))
+        assert torch.allclose(got[j], want, atol=1e-5), j
+    assert torch.equal(positive_quantiles(torch.zeros(5, 3), probs), torch.zeros(3, len(probs)))

@@ -60,6 +60,28 @@ class LatentStats:
 
 
 @torch.no_grad()
+def positive_quantiles(z: Tensor, probs: Tensor) -> Tensor:
+    """(latent, q) quantiles (linear interpolation, as ``torch.quantile``) of each column's positive
+    entries of ``z`` (tokens, latent); zeros for a column with none. One sort of the positive
+    entries, grouped by column, for all columns."""
+    zt = z.t()
+    mask = zt > 0
+    vals = zt[mask].double()  # grouped by column
+    if vals.numel() == 0:
+        return torch.zeros(z.shape[1], len(probs), dtype=z.dtype)
+    cols = mask.nonzero()[:, 0]
+    order = (cols.double() * (2 * float(vals.max()) + 1) + vals).argsort()  # by column, then by value
+    s = vals[order].to(z.dtype)
+    c = mask.sum(1)
+    first = torch.cumsum(c, 0) - c
+    pos = probs[:, None].double() * (c - 1).clamp(min=0)[None].double()  # (q, latent), within the positives
+    last = s.numel() - 1
+    lo, hi = (first + pos.floor().long()).clamp(max=last), (first + pos.ceil().long()).clamp(max=last)
+    frac = (pos - pos.floor()).to(z.dtype)
+    out = s[lo] * (1 - frac) + s[hi] * frac
+    return torch.where(c[None] > 0, out, torch.zeros_like(out)).t().contiguous()
+
+
 def latent_stats(sae: SAE, acts: Tensor, ids: Tensor, *, top_k: int = 20, block: int = 4096,
                  quantile_tokens: int = 20_000) -> LatentStats:  # fmt: skip
     """Stream ``acts`` (tokens, d_in) through ``sae``; ``ids`` (n_chunks, seq) gives their tokens."""
@@ -81,14 +103,7 @@ def latent_stats(sae: SAE, acts: Tensor, ids: Tensor, *, top_k: int = 20, block:
         top_v = v
         if start < quantile_tokens:
             qs.append(z)
-    zq = torch.cat(qs)[:quantile_tokens]
-    quant = torch.zeros(d, len(QUANTILES))
-    probs = torch.tensor(QUANTILES)
-    for lat in range(d):
-        col = zq[:, lat]
-        col = col[col > 0]
-        if col.numel():
-            quant[lat] = torch.quantile(col, probs)
+    quant = positive_quantiles(torch.cat(qs)[:quantile_tokens], torch.tensor(QUANTILES))
     return LatentStats(ids, acts, count / acts.shape[0], top_v[0].clamp(min=0), top_v.t().clamp(min=0), top_i.t(), quant)
 
 

@@ -201,7 +201,8 @@ class SAE(nn.Module):
         if x.shape[-1] != self.cfg.d_in:
             raise ValueError(f"SAE expects inputs of width d_in={self.cfg.d_in}, got {x.shape[-1]}")
         x = x.to(self.W_enc.dtype) * self.cfg.scaling_factor
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        # (x - b_dec) @ W_enc, written so that b_dec's gradient is a vector product, not a batch GEMM
+        return x @ self.W_enc - self.b_dec @ self.W_enc + self.b_enc
 
     def activate(self, pre: Tensor, *, training: bool | None = None) -> Tensor:
         """Apply the activation rule to pre-activations."""
