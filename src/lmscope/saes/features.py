@@ -59,7 +59,6 @@ class LatentStats:
     """(latent, len(QUANTILES)) quantiles of the non-zero activations on the first ``quantile_tokens`` tokens."""
 
 
-@torch.no_grad()
 def positive_quantiles(z: Tensor, probs: Tensor) -> Tensor:
     """(latent, q) quantiles (linear interpolation, as ``torch.quantile``) of each column's positive
     entries of ``z`` (tokens, latent); zeros for a column with none. One sort of the positive
@@ -82,6 +81,7 @@ def positive_quantiles(z: Tensor, probs: Tensor) -> Tensor:
     return torch.where(c[None] > 0, out, torch.zeros_like(out)).t().contiguous()
 
 
+@torch.no_grad()
 def latent_stats(sae: SAE, acts: Tensor, ids: Tensor, *, top_k: int = 20, block: int = 4096,
                  quantile_tokens: int = 20_000) -> LatentStats:  # fmt: skip
     """Stream ``acts`` (tokens, d_in) through ``sae``; ``ids`` (n_chunks, seq) gives their tokens."""
