@@ -10,7 +10,8 @@ between the two runs: ``(m_patched - m_corrupt) / (m_clean - m_corrupt)``, 1 = f
 One engine, :func:`patch_sweep`, takes a list of :class:`PatchSpec` and evaluates them K at a time
 in one batched forward: the corrupted batch is stacked K times and each copy gets its own patch
 through a per-row edit. The unpatched prefix is not recomputed: the target runs once and each
-forward starts at its patches' layer and position (:class:`~lmscope.core.prefix.Prefix`). The named variants only build spec lists and reshape the result to a grid:
+forward starts at its patches' layer and position (:class:`~lmscope.core.prefix.Prefix`).
+The named variants only build spec lists and reshape the result to a grid:
 :func:`resid_by_layer_pos`, :func:`layer_outputs` (attn_out and mlp_out by layer),
 :func:`heads`, :func:`head_by_pos`. :func:`heatmap` draws any grid.
 

@@ -159,12 +159,16 @@ def contexts(sae: SAE, stats: LatentStats, latent: int, flat_indices: list[int],
              before: int = 12, after: int = 4) -> list[Context]:  # fmt: skip
     """Recompute the latent's activation on the text around each flat token index."""
     seq = stats.ids.shape[1]
-    out = []
+    spans = []
     for flat in flat_indices:
         chunk, pos = divmod(int(flat), seq)
-        lo, hi = max(0, pos - before), min(seq, pos + after + 1)
-        base = chunk * seq
-        z = sae.encode(stats.acts[base + lo : base + hi].float().to(sae.device))[:, latent].cpu()
+        spans.append((chunk, pos, max(0, pos - before), min(seq, pos + after + 1)))
+    if not spans:
+        return []
+    rows = torch.cat([stats.acts[c * seq + lo : c * seq + hi] for c, _, lo, hi in spans])
+    codes = sae.encode(rows.float().to(sae.device))[:, latent].cpu().split([hi - lo for _, _, lo, hi in spans])
+    out = []
+    for (chunk, pos, lo, hi), z in zip(spans, codes, strict=True):  # one encode for every context
         toks = [tokenizer.decode([int(t)]) for t in stats.ids[chunk, lo:hi]]
         out.append(Context(toks, [float(v) for v in z], pos - lo, float(z[pos - lo])))
     return out
