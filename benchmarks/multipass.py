@@ -230,7 +230,7 @@ def dashboards(model: ls.Model, sae: Any, ids: torch.Tensor) -> None:
     from lmscope.saes.features import harvest_acts, latent_stats
 
     acts, tokens = harvest_acts(model, sae.cfg.hook_name, ids)
-    stats = latent_stats(sae, acts, tokens)
+    stats = latent_stats(sae, acts, tokens, keep_codes=True)
     live = (stats.density > 0).nonzero()[:3, 0].tolist()
     with tempfile.TemporaryDirectory() as folder:
         write_dashboards(model, sae, stats, folder, live)

@@ -181,3 +181,16 @@ def test_positive_quantiles_match_torch_quantile_column_by_column() -> None:
         want = torch.quantile(col, probs) if col.numel() else torch.zeros(len(probs))
         assert torch.allclose(got[j], want, atol=1e-5), j
     assert torch.equal(positive_quantiles(torch.zeros(5, 3), probs), torch.zeros(3, len(probs)))
+
+
+def test_kept_codes_are_the_sample_codes() -> None:
+    from lmscope.saes.features import latent_stats, sample_codes
+
+    gen = torch.Generator().manual_seed(0)
+    sae = SAE(SAEConfig("topk", 8, 32, k=3), generator=gen)
+    acts, ids = torch.randn(60, 8, generator=gen), torch.randint(0, 9, (6, 10), generator=gen)
+    kept = latent_stats(sae, acts, ids, block=16, keep_codes=True)
+    plain = latent_stats(sae, acts, ids, block=16)
+    assert plain.codes is None and kept.codes is not None
+    assert torch.allclose(sample_codes(sae, kept), sample_codes(sae, plain), atol=1e-6)
+    assert torch.allclose(kept.quantiles, plain.quantiles)

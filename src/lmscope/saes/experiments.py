@@ -171,7 +171,7 @@ class SAEDashboard(Experiment):
                 ids, acts = ids[:n], acts[: n * seq]
         else:
             acts, ids = harvest_acts(model, sae.cfg.hook_name, _chunks(model, self.windows, 128, "train"))
-        stats = latent_stats(sae, acts, ids)
+        stats = latent_stats(sae, acts, ids, keep_codes=True)
         latents = list(self.latents or ())
         if not latents:
             # Spread over the density ranking of live latents, so the index shows rare and common ones alike.

@@ -57,6 +57,8 @@ class LatentStats:
     """(latent, top_k) flat token index of each (divide by seq for the chunk)."""
     quantiles: Tensor
     """(latent, len(QUANTILES)) quantiles of the non-zero activations on the first ``quantile_tokens`` tokens."""
+    codes: Tensor | None = None
+    """(quantile_tokens, latent) codes of those tokens, if ``keep_codes`` (what :func:`sample_codes` returns)."""
 
 
 def positive_quantiles(z: Tensor, probs: Tensor) -> Tensor:
@@ -83,8 +85,10 @@ def positive_quantiles(z: Tensor, probs: Tensor) -> Tensor:
 
 @torch.no_grad()
 def latent_stats(sae: SAE, acts: Tensor, ids: Tensor, *, top_k: int = 20, block: int = 4096,
-                 quantile_tokens: int = 20_000) -> LatentStats:  # fmt: skip
-    """Stream ``acts`` (tokens, d_in) through ``sae``; ``ids`` (n_chunks, seq) gives their tokens."""
+                 quantile_tokens: int = 20_000, keep_codes: bool = False) -> LatentStats:  # fmt: skip
+    """Stream ``acts`` (tokens, d_in) through ``sae``; ``ids`` (n_chunks, seq) gives their tokens.
+
+    ``keep_codes`` keeps the codes of the first ``quantile_tokens`` tokens (dashboards reuse them)."""
     if acts.shape[0] != ids.numel():
         raise ValueError(f"{acts.shape[0]} activations but ids hold {ids.numel()} tokens; they must align")
     sae.eval()
@@ -103,8 +107,10 @@ def latent_stats(sae: SAE, acts: Tensor, ids: Tensor, *, top_k: int = 20, block:
         top_v = v
         if start < quantile_tokens:
             qs.append(z)
-    quant = positive_quantiles(torch.cat(qs)[:quantile_tokens], torch.tensor(QUANTILES))
-    return LatentStats(ids, acts, count / acts.shape[0], top_v[0].clamp(min=0), top_v.t().clamp(min=0), top_i.t(), quant)
+    sample = torch.cat(qs)[:quantile_tokens]
+    quant = positive_quantiles(sample, torch.tensor(QUANTILES))
+    return LatentStats(ids, acts, count / acts.shape[0], top_v[0].clamp(min=0), top_v.t().clamp(min=0), top_i.t(), quant,
+                       sample if keep_codes else None)  # fmt: skip
 
 
 @torch.no_grad()
@@ -183,6 +189,8 @@ def top_contexts(sae: SAE, stats: LatentStats, latent: int, *, tokenizer, n: int
 @torch.no_grad()
 def sample_codes(sae: SAE, stats: LatentStats, n_tokens: int = 20_000) -> Tensor:
     """(n_tokens, latent) codes of the first ``n_tokens`` tokens (encode once, reuse for every latent)."""
+    if stats.codes is not None and stats.codes.shape[0] == min(stats.acts.shape[0], n_tokens):
+        return stats.codes
     return sae.encode(stats.acts[: min(stats.acts.shape[0], n_tokens)].float().to(sae.device)).cpu()
 
 
