@@ -35,9 +35,10 @@ from lmscope.core.prefix import Prefix
 from lmscope.core.sites import Site
 
 
-def _row(bench: str, variant: str, seconds: float, base: float | None, vs: str, note: str = "") -> dict[str, Any]:
+def _row(bench: str, variant: str, seconds: float, base: float | None, vs: str, note: str = "",
+         peak: float | None = None) -> dict[str, Any]:  # fmt: skip
     return {"benchmark": bench, "variant": variant, "median_s": seconds, "ratio": None if base is None else seconds / base,
-            "vs": vs, "note": note}  # fmt: skip
+            "vs": vs, "note": note, "peak_mb": peak}  # fmt: skip
 
 
 def patching(model: ls.Model, reps: int, n: int, with_nnsight: bool) -> list[dict[str, Any]]:
@@ -72,7 +73,7 @@ def patching(model: ls.Model, reps: int, n: int, with_nnsight: bool) -> list[dic
             assert torch.allclose(values, raw.values, atol=1e-4), f"{name} computed other values than the raw recompute"
     base = t.median("raw batched recompute")
     note = f"{len(specs)} patches, {n} IOI prompts, {fast.forwards} forwards with reuse vs {raw.forwards}"
-    rows = [_row(t.name, v, t.median(v), base, "raw batched recompute", note) for v in work]
+    rows = [_row(t.name, v, t.median(v), base, "raw batched recompute", note, t.peak_mb.get(v)) for v in work]
     if "nnsight trace per patch" in work:
         rows.append(_row(t.name, "nnsight / prefix reuse", t.median("nnsight trace per patch") / t.median("prefix reuse"),
                          None, "speed-up"))  # fmt: skip
@@ -88,7 +89,8 @@ def attribution(model: ls.Model, reps: int, n: int) -> list[dict[str, Any]]:
     t = interleaved("attribution", {"HF forward": lambda: _nograd(work["HF forward"]),
                                     "attribution patching": work["attribution patching"]}, reps)  # fmt: skip
     base = t.median("HF forward")
-    return [_row(t.name, v, t.median(v), base, "one HF forward", f"{len(specs)} node estimates") for v in t.samples]
+    return [_row(t.name, v, t.median(v), base, "one HF forward", f"{len(specs)} node estimates", t.peak_mb.get(v))
+            for v in t.samples]  # fmt: skip
 
 
 def _nograd(f: Any) -> Any:
@@ -141,7 +143,7 @@ def lre(model: ls.Model, reps: int, rows: int = 8) -> list[dict[str, Any]]:
                                      f"per row, forward each ({rows} rows)": per_row_forward,
                                      f"per row, retained graph ({rows} rows)": per_row_retained}, reps)  # fmt: skip
     full = t.median("batched (all rows)")
-    out = [_row(t.name, "batched (all rows)", full, None, "")]
+    out = [_row(t.name, "batched (all rows)", full, None, "", peak=t.peak_mb.get("batched (all rows)"))]
     for v in list(t.samples)[1:]:
         scaled = t.median(v) * d / rows
         out.append(_row(t.name, v.split(" (")[0] + f" (scaled to {d} rows)", scaled, full, "batched",
@@ -218,7 +220,7 @@ def evaluations(model: ls.Model, reps: int, windows: int) -> list[dict[str, Any]
     rows = []
     for task_name, floor in zip(names[::2], names[1::2], strict=True):
         rows.append(_row(t.name, task_name, t.median(task_name), t.median(floor), "its forward passes",
-                         f"passes alone {t.median(floor):.2f} s"))  # fmt: skip
+                         f"passes alone {t.median(floor):.2f} s", t.peak_mb.get(task_name)))  # fmt: skip
     return rows
 
 
@@ -276,8 +278,8 @@ def sae_training(model: ls.Model, reps: int, tokens: int, d_sae: int, k: int) ->
     work["GEMM floor (encoder fwd + grad)"] = floor
     t = interleaved(f"SAE training ({steps * batch} tokens)", work, reps)
     n_tok = steps * batch
-    rows = [_row(t.name, v, t.median(v), t.median("lmscope TopK"), "lmscope", f"{n_tok / t.median(v):,.0f} tokens/s")
-            for v in work]  # fmt: skip
+    rows = [_row(t.name, v, t.median(v), t.median("lmscope TopK"), "lmscope", f"{n_tok / t.median(v):,.0f} tokens/s",
+                 t.peak_mb.get(v)) for v in work]  # fmt: skip
     return rows
 
 

@@ -102,7 +102,7 @@ def multi_pass(model: ls.Model, args: argparse.Namespace, reps: int) -> list[dic
         "sae": lambda: mp.sae_training(model, heavy, tokens=8192 if args.quick else 32768, d_sae=4608, k=32),
     }
     rows: list[dict[str, Any]] = []
-    print(f"{'benchmark':24s} {'variant':44s} {'median s':>9s} {'ratio':>8s}  vs / note", flush=True)
+    print(f"{'benchmark':24s} {'variant':44s} {'median s':>9s} {'ratio':>8s} {'peak MB':>8s}  vs / note", flush=True)
     for name, part in parts.items():
         if args.parts and name not in args.parts:
             continue
@@ -110,8 +110,9 @@ def multi_pass(model: ls.Model, args: argparse.Namespace, reps: int) -> list[dic
         for r in new:  # printed as each part finishes: a late failure loses nothing already measured
             ratio = "" if r["ratio"] is None else f"{r['ratio']:7.3f}x"
             value = f"{r['median_s']:9.3f}" if r["vs"] != "speed-up" else f"{r['median_s']:8.2f}x"
-            print(f"{r['benchmark'][:24]:24s} {r['variant'][:44]:44s} {value:>9s} {ratio:>8s}  {r['vs']} {r['note']}".rstrip(),
-                  flush=True)  # fmt: skip
+            peak = "" if r.get("peak_mb") is None else f"{r['peak_mb']:8.0f}"
+            print(f"{r['benchmark'][:24]:24s} {r['variant'][:44]:44s} {value:>9s} {ratio:>8s} {peak:>8s}  {r['vs']} "
+                  f"{r['note']}".rstrip(), flush=True)  # fmt: skip
         rows += new
     print(f"multi-pass work — threads={args.threads}; load avg {os.getloadavg()[0]:.1f}", flush=True)
     return rows
