@@ -41,9 +41,14 @@ def _row(bench: str, variant: str, seconds: float, base: float | None, vs: str, 
             "vs": vs, "note": note, "peak_mb": peak}  # fmt: skip
 
 
-def patching(model: ls.Model, reps: int, n: int, with_nnsight: bool) -> list[dict[str, Any]]:
+def _ioi(model: ls.Model, n: int) -> tuple[Any, Batch, Batch]:
+    """``n`` IOI prompts the model gets right, and their clean and corrupted batches."""
     task = C.filter_correct(model, C.ioi_task(model, n=4 * n, seed=0)).task.subset(range(n))
-    clean, corrupt = task.batches(model)
+    return (task, *task.batches(model))
+
+
+def patching(model: ls.Model, reps: int, n: int, with_nnsight: bool) -> list[dict[str, Any]]:
+    task, clean, corrupt = _ioi(model, n)
     L, seq = model.shape.n_layers, clean.shape[1]
     specs = [C.PatchSpec(Site("resid_post", la), p) for la in range(L) for p in range(seq)]
     got: dict[str, Any] = {}
@@ -81,21 +86,17 @@ def patching(model: ls.Model, reps: int, n: int, with_nnsight: bool) -> list[dic
 
 
 def attribution(model: ls.Model, reps: int, n: int) -> list[dict[str, Any]]:
-    task = C.filter_correct(model, C.ioi_task(model, n=4 * n, seed=0)).task.subset(range(n))
-    clean, corrupt = task.batches(model)
+    task, clean, corrupt = _ioi(model, n)
     specs = [C.PatchSpec(Site("resid_post", la), p) for la in range(model.shape.n_layers) for p in range(clean.shape[1])]
-    work = {"HF forward": lambda: model.hf(**corrupt.model_inputs(), use_cache=False),
-            "attribution patching": lambda: C.node_attribution(model, clean, corrupt, specs, task.metric, logits_to_keep=1)}
-    t = interleaved("attribution", {"HF forward": lambda: _nograd(work["HF forward"]),
-                                    "attribution patching": work["attribution patching"]}, reps)  # fmt: skip
+    @torch.no_grad()
+    def forward() -> object:
+        return model.hf(**corrupt.model_inputs(), use_cache=False)
+
+    t = interleaved("attribution", {"HF forward": forward, "attribution patching": lambda: C.node_attribution(
+        model, clean, corrupt, specs, task.metric, logits_to_keep=1)}, reps)  # fmt: skip
     base = t.median("HF forward")
     return [_row(t.name, v, t.median(v), base, "one HF forward", f"{len(specs)} node estimates", t.peak_mb.get(v))
             for v in t.samples]  # fmt: skip
-
-
-def _nograd(f: Any) -> Any:
-    with torch.no_grad():
-        return f()
 
 
 def lre(model: ls.Model, reps: int, rows: int = 8) -> list[dict[str, Any]]:
@@ -160,10 +161,6 @@ def _windows(model: ls.Model, n: int) -> torch.Tensor:
     return torch.stack(list(token_chunks(model.tokenizer, 128, n, split="heldout")))
 
 
-def _batch(ids: torch.Tensor) -> Batch:
-    return Batch(ids, torch.ones_like(ids), torch.arange(ids.shape[1]).expand_as(ids))
-
-
 def evaluations(model: ls.Model, reps: int, windows: int) -> list[dict[str, Any]]:
     """Each evaluation against the passes it needs, timed as bare prefix passes in the same rounds."""
     from lmscope.icl.tasks import FORMATS, load_task, make_queries
@@ -181,7 +178,7 @@ def evaluations(model: ls.Model, reps: int, windows: int) -> list[dict[str, Any]
 
     def passes(start: int, edited: int) -> None:  # one clean pass per batch, `edited` passes from `start`
         for i in range(0, ids.shape[0], 8):
-            p = Prefix(model, _batch(ids[i : i + 8]), layers=[start], positions=False)
+            p = Prefix(model, Batch.unpadded(ids[i : i + 8]), layers=[start], positions=False)
             for _ in range(edited):
                 p.forward(copies=1, layer=start)
 

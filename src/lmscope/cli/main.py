@@ -40,38 +40,6 @@ def set_threads(n: int | None = None) -> None:
     torch.set_num_threads(threads)
 
 
-def _field_options(f: dataclasses.Field, hint: Any) -> tuple[list[str], dict[str, Any]]:
-    """argparse names and options for one experiment field."""
-    from lmscope.experiments.spec import unwrap
-
-    meta = f.metadata
-    hint = unwrap(hint)[0]
-    origin = typing.get_origin(hint)
-    opts: dict[str, Any] = {"help": meta.get("help") or None, "dest": f.name}
-    if meta.get("choices") and origin is not tuple:
-        opts["choices"] = list(meta["choices"])
-    if origin is tuple:
-        if meta.get("choices"):  # checked item by item after the comma split (Experiment.validate)
-            opts["help"] = f"{opts['help']} (of {', '.join(map(str, meta['choices']))})"
-        opts["nargs"] = "+"
-        opts["metavar"] = meta.get("metavar") or ("LAYERS" if f.name.endswith("layers") else f.name.upper())
-        if f.name.endswith("layers"):
-            opts["help"] = (opts["help"] or "layers") + " (6 10 14, 6,10,14, 0-29:3 or all)"
-    elif hint is bool:
-        opts["action"] = argparse.BooleanOptionalAction
-    else:
-        opts["type"] = hint
-        opts["metavar"] = meta.get("metavar")
-    if meta.get("positional"):
-        opts.pop("dest")
-        opts["nargs"] = "*" if origin is tuple else "?"
-        opts.pop("metavar", None)
-        return [f.name], opts
-    if meta.get("required") and not meta.get("positional"):
-        opts["required"] = True
-    return ["--" + f.name.replace("_", "-")], opts
-
-
 def _to_value(f: dataclasses.Field, hint: Any, raw: Any) -> Any:
     """A parsed CLI value as the field's type (lists to tuples, the layer grammar, comma lists)."""
     from lmscope.experiments.spec import parse_layers, unwrap
@@ -110,20 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
         for names, opts in [*entry["options"], *([[n], o] for n, o in COMMON)]:
             p.add_argument(*names, **argparse_options(opts))
-        p.set_defaults(experiment=entry["class"], uses_model=entry["uses_model"])
+        p.set_defaults(experiment=entry["class"])
     return parser
 
 
-def experiment_class(path: str) -> Any:
-    """The experiment class a table entry names ("module:Class")."""
+def experiment_from_args(args: argparse.Namespace) -> Any:
     import importlib
 
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def experiment_from_args(args: argparse.Namespace) -> Any:
-    cls = experiment_class(args.experiment) if isinstance(args.experiment, str) else args.experiment
+    module, name = args.experiment.split(":")  # the class the table names, imported once the arguments parse
+    cls = getattr(importlib.import_module(module), name)
     hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):

@@ -37,6 +37,12 @@ class Batch:
     def shape(self) -> tuple[int, int]:
         return (self.input_ids.shape[0], self.input_ids.shape[1])
 
+    @classmethod
+    def unpadded(cls, ids: Tensor) -> Batch:
+        """A batch of (batch, seq) ids that are all real tokens (windows of a corpus, one prompt)."""
+        mask = torch.ones_like(ids)
+        return cls(ids, mask, position_ids_from_mask(mask))
+
     def to(self, device: torch.device | str) -> Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device))
 

@@ -70,7 +70,7 @@ class Prefix:
         L = model.shape.n_layers
         kept = sorted(set(range(L) if layers is None else layers) - {0})
         sites = [Site("resid_pre", layer) for layer in kept]
-        cache_arg = "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
+        params = inspect.signature(model.hf.forward).parameters
         watch: Any = capture(model, sites) if sites else nullcontext({})
         with torch.no_grad(), watch as acts:
             out = model.hf(**batch.model_inputs(), use_cache=positions)
@@ -78,8 +78,8 @@ class Prefix:
         self.cache = (out["cache"] if "cache" in out else out.past_key_values) if positions else None
         self.logits: Tensor | None = out.logits
         """The pass's logits (a user may drop them to save memory)."""
-        self._cache_arg = cache_arg
-        self._keeps_logits = "logits_to_keep" in inspect.signature(model.hf.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._keeps_logits = "logits_to_keep" in params
         # only plain per-token key/value caches can be cut at a position (sliding windows and
         # recurrent states cannot): other caches start every pass at position 0
         self.reuses_positions = self.cache is not None and all(type(c).__name__ == "DynamicLayer" for c in self.cache.layers)

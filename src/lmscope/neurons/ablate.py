@@ -100,9 +100,8 @@ class _Scorer:
         # the clean pass of each batch, kept: edited passes start at the site's layer from its stored input
         self.prefixes, self.clean = [], []
         for i in range(0, ids.shape[0], batch_size):
-            rows = ids[i : i + batch_size].to(model.device)
-            batch = Batch(rows, torch.ones_like(rows), torch.arange(rows.shape[1], device=rows.device).expand_as(rows))
-            prefix = Prefix(model, batch, layers=[self.start], positions=False)
+            prefix = Prefix(model, Batch.unpadded(ids[i : i + batch_size].to(model.device)), layers=[self.start],
+                            positions=False)  # fmt: skip
             self.clean.append(self._scored(i, prefix.logits))
             prefix.logits = None  # kept once, as the log-probabilities above
             self.prefixes.append(prefix)

@@ -184,7 +184,7 @@ def jacobian(
         raise ValueError(f"subject position {subject_pos} must be inside the prompt and after its first token")
     dev = model.device
     x = torch.tensor([list(ids)], device=dev)
-    batch = Batch(x, torch.ones_like(x), torch.arange(x.shape[1], device=dev)[None])
+    batch = Batch.unpadded(x)
     with capture(model, [Site("resid_post", L - 1)]) as acts:
         prefix = Prefix(model, batch, layers=[layer + 1])  # layer inputs and KV cache of the prompt, for the passes below
     s0 = prefix.inputs[layer + 1][0, subject_pos]  # resid_post[layer] is the input of layer + 1

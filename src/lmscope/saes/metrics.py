@@ -178,10 +178,9 @@ def evaluate_sae(
     n_batches = 0
     for i in range(0, chunks.shape[0], batch_size):
         ids = chunks[i : i + batch_size].to(model.device)
-        batch = Batch(ids, torch.ones_like(ids), torch.arange(ids.shape[1], device=ids.device).expand_as(ids))
         # the clean pass, kept: the spliced and zero-ablated passes start at the site's layer from it
         with capture(model, [site]) as acts:
-            prefix = Prefix(model, batch, layers=[start], positions=False)
+            prefix = Prefix(model, Batch.unpadded(ids), layers=[start], positions=False)
         clean = prefix.logits
         x = acts[site][:, skip_first:].reshape(-1, sae.cfg.d_in).float()
         z = sae.encode(x)

@@ -157,8 +157,10 @@ def topk_codes(pre: Tensor, k: int) -> Tensor:
 
 
 def _gather_decode(vals: Tensor, idx: Tensor, W_dec: Tensor) -> Tensor:
-    """sum_j vals[:, j] * W_dec[idx[:, j]]: a sparse code's decoding without its zeros (differentiable)."""
-    return torch.nn.functional.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
+    """sum_j vals[..., j] * W_dec[idx[..., j]]: a sparse code's decoding without its zeros (differentiable)."""
+    k = idx.shape[-1]
+    flat = torch.nn.functional.embedding_bag(idx.reshape(-1, k), W_dec, per_sample_weights=vals.reshape(-1, k), mode="sum")
+    return flat.reshape(*idx.shape[:-1], W_dec.shape[-1])
 
 
 class SAE(nn.Module):
@@ -238,7 +240,7 @@ class SAE(nn.Module):
         """
         pre = self.pre_acts(x)
         xs = x.to(self.W_enc.dtype) * self.cfg.scaling_factor
-        if self.cfg.architecture == "topk" and pre.dim() == 2:
+        if self.cfg.architecture == "topk":
             # decode by index-gather: k decoder rows per token instead of a dense (batch, d_sae) product
             vals, idx = pre.topk(int(self.cfg.k), dim=-1, sorted=False)  # type: ignore[arg-type]
             vals = vals.relu()
@@ -268,8 +270,7 @@ class SAE(nn.Module):
         k_aux = min(self.cfg.aux_k or self.cfg.d_in // 2, int(dead_mask.sum()))
         masked = torch.where(dead_mask, pre, torch.full_like(pre, -torch.inf))
         vals, idx = masked.topk(k_aux, dim=-1, sorted=False)
-        e_hat = _gather_decode(vals.relu(), idx, self.W_dec) if pre.dim() == 2 else (
-            torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ self.W_dec)  # fmt: skip
+        e_hat = _gather_decode(vals.relu(), idx, self.W_dec)
         total_var = (residual - residual.mean(0)).pow(2).sum()
         scale = min(int(dead_mask.sum()) / k_aux, 1.0)
         return self.cfg.aux_coeff * scale * (e_hat - residual).pow(2).sum() / total_var.clamp(min=1e-12)
