@@ -124,6 +124,8 @@ def load(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
     device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
+    max_memory: dict[Any, int | str] | None = None,
     attn_implementation: str = "sdpa",
     architecture: Architecture | None = None,
     trust_remote_code: bool = False,
@@ -135,7 +137,11 @@ def load(
             (``"gemma3-270m"``); a local HF folder; a ``.gguf`` file; or a hub id.
         dtype: parameter dtype (fp32 by default: interpretability wants exact numbers).
         device: move the model there ("cpu", "cuda", ...).
-        device_map: an accelerate device map (e.g. "auto") to shard across devices instead.
+        device_map: an accelerate device map to split the layers across devices instead: ``"auto"``, or
+            ``{"model.layers.20": "disk", ...}`` (module name -> ``"cpu"``, a GPU index, or ``"disk"``).
+            lmscope's hooks run beside accelerate's dispatch hooks; results equal the unsplit model's.
+        offload_folder: where ``"disk"`` entries of ``device_map`` keep their weights (required for them).
+        max_memory: per-device memory caps for ``device_map="auto"`` (``{0: "20GiB", "cpu": "60GiB"}``).
         attn_implementation: "sdpa" (fast) or "eager" (needed for ``attn_pattern``).
         architecture: a site table for a family lmscope does not know yet.
         trust_remote_code: passed to transformers; off unless you ask.
@@ -164,6 +170,14 @@ def load(
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
     if device_map is not None:
         kwargs["device_map"] = device_map
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(offload_folder)
+        if max_memory is not None:
+            kwargs["max_memory"] = max_memory
+        if device is not None:
+            raise ValueError("give device= or device_map=, not both (a device map places every module itself)")
+    elif offload_folder is not None or max_memory is not None:
+        raise ValueError("offload_folder= and max_memory= only apply with a device_map=")
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
     try:
@@ -173,7 +187,31 @@ def load(
             f"model {name!r} could not be loaded: it is not a local folder or a bundled model "
             f"({', '.join(sorted(BUNDLED))}), and as a hub id it is unreachable offline or does not exist ({exc})"
         ) from exc
+    if device_map is not None:
+        _check_tied_placement(hf)
     tok = AutoTokenizer.from_pretrained(str(folder), **({"trust_remote_code": True} if trust_remote_code else {}))
     if device is not None and device_map is None:
         hf = hf.to(device)
     return Model(hf, tok, model_id=model_id, architecture=architecture)
+
+
+def _check_tied_placement(hf: Any) -> None:
+    """Refuse a device map that puts tied input and output embeddings in different places.
+
+    accelerate stores a tied weight once, under the input embedding's name, so an output head placed
+    elsewhere finds no weight at its first forward (a KeyError deep in accelerate); ``"auto"`` never does this.
+    """
+    placed = getattr(hf, "hf_device_map", None) or {}
+    if not getattr(hf.config, "tie_word_embeddings", False) or not placed:
+        return
+    names = {id(m): n for n, m in hf.named_modules()}
+    inp, out = names.get(id(hf.get_input_embeddings())), names.get(id(hf.get_output_embeddings()))
+
+    def where(name: str | None) -> Any:
+        keys = [k for k in placed if name is not None and (k == "" or name == k or name.startswith(k + "."))]
+        return placed[max(keys, key=len)] if keys else None
+
+    if inp and out and where(inp) != where(out):
+        raise ValueError(f"device_map puts {inp} on {where(inp)!r} but {out} on {where(out)!r}; their weights are tied "
+                         f"in this model, so place both modules on the same device")  # fmt: skip
+

@@ -108,7 +108,21 @@ class Model:
     # ---- facts -------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        """Where inputs go: the embedding's device (its execution device when accelerate dispatched the model)."""
+        try:
+            emb = self.hf.get_input_embeddings()
+        except (AttributeError, NotImplementedError):
+            return next(self.hf.parameters()).device
+        hook = getattr(emb, "_hf_hook", None)
+        execution = getattr(hook, "execution_device", None)
+        if execution is not None:
+            return torch.device(execution)
+        return next(emb.parameters()).device
+
+    @property
+    def offloaded(self) -> bool:
+        """True when some weights live off the module (accelerate's CPU or disk offload: meta tensors in place)."""
+        return any(p.device.type == "meta" for p in self.hf.parameters())
 
     @property
     def dtype(self) -> torch.dtype:
@@ -127,11 +141,27 @@ class Model:
     def weight_hash(self) -> str:
         """sha256 over parameter names, shapes and bytes (provenance for saved artifacts)."""
         h = hashlib.sha256()
-        for name, p in sorted(self.hf.state_dict().items()):
+        for name, p in sorted(self._state().items()):
             h.update(name.encode())
             h.update(str(tuple(p.shape)).encode())
             h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
+
+    def _state(self) -> dict[str, Tensor]:
+        """``hf.state_dict()`` with offloaded (meta) tensors read back from accelerate's offload store, on the CPU."""
+        state = self.hf.state_dict()
+        if not any(t.device.type == "meta" for t in state.values()):
+            return state
+        from accelerate.utils import align_module_device
+
+        for prefix, module in self.hf.named_modules():
+            own = [k for k, v in [*module._parameters.items(), *module._buffers.items()]
+                   if v is not None and v.device.type == "meta" and (f"{prefix}.{k}" if prefix else k) in state]  # fmt: skip
+            if own:
+                with align_module_device(module, torch.device("cpu")):
+                    for k in own:
+                        state[f"{prefix}.{k}" if prefix else k] = getattr(module, k).detach().clone()
+        return state
 
     def module_name(self, module: nn.Module) -> str:
         return self._names.get(id(module), type(module).__name__)
