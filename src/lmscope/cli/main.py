@@ -37,6 +37,8 @@ def set_threads(n: int | None = None) -> None:
     import torch
 
     threads = n or int(os.environ.get("LMSCOPE_THREADS", "0")) or min(4, os.cpu_count() or 1)
+    if n is None:  # torchrun's processes on one machine share its cores
+        threads = max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     torch.set_num_threads(threads)
 
 
@@ -133,9 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, IndexError, KeyError, NotImplementedError) as exc:
         print(f"lmscope: {'error' if started else 'usage error'}: {exc}", file=sys.stderr)
         return EXIT_RUNTIME if started else EXIT_USAGE
-    for line in result.lines:
-        print(line)
-    print(f"wrote {out}/index.html")
+    from lmscope.experiments.distributed import is_main
+
+    if is_main():  # under torchrun the other ranks computed the same result and wrote nothing
+        for line in result.lines:
+            print(line)
+        print(f"wrote {out}/index.html")
     return 0
 
 

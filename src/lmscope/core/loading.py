@@ -192,7 +192,39 @@ def load(
     tok = AutoTokenizer.from_pretrained(str(folder), **({"trust_remote_code": True} if trust_remote_code else {}))
     if device is not None and device_map is None:
         hf = hf.to(device)
-    return Model(hf, tok, model_id=model_id, architecture=architecture)
+    model = Model(hf, tok, model_id=model_id, architecture=architecture)
+    if architecture is None:  # a custom site table is code, not data: such a model cannot be rebuilt elsewhere
+        placement = device_map if device_map is None or isinstance(device_map, str) else dict(device_map)
+        model.load_spec = {"loader": "load", "name_or_path": name, "dtype": str(dtype).removeprefix("torch."),
+                           "device": None if device is None else str(device), "device_map": placement,
+                           "offload_folder": None if offload_folder is None else str(offload_folder),
+                           "max_memory": max_memory, "attn_implementation": attn_implementation,
+                           "trust_remote_code": trust_remote_code}  # fmt: skip
+    return model
+
+
+def reload(spec: dict[str, Any], *, offload_folder: str | os.PathLike[str] | None = None) -> Model:
+    """Rebuild a model from its :attr:`Model.load_spec` (in another process: a Ray worker, a torchrun rank).
+
+    ``offload_folder`` replaces the recorded one, so processes on one machine do not share offload files.
+    """
+    from lmscope.core.tiny import load_tiny
+
+    kw = dict(spec)
+    loader = kw.pop("loader", None)
+    kw["dtype"] = getattr(torch, kw["dtype"])
+    if loader == "load_tiny":
+        device = kw.pop("device", None)
+        model = load_tiny(kw.pop("family"), **kw)
+        if device is not None:
+            model.hf.to(device)
+            model.load_spec = {**spec}
+        return model
+    if loader != "load":
+        raise ValueError(f"not a model load spec (loader={loader!r})")
+    if offload_folder is not None and kw.get("offload_folder") is not None:
+        kw["offload_folder"] = offload_folder
+    return load(kw.pop("name_or_path"), **kw)
 
 
 def _check_tied_placement(hf: Any) -> None:

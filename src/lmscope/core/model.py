@@ -95,6 +95,9 @@ class Model:
         self._contexts: weakref.WeakSet[Any] = weakref.WeakSet()  # open lmscope hook contexts (any thread)
         self._edit_hook_ids: set[int] = set()
         self._local = threading.local()  # per-thread state: contexts are thread-local (see hooks.py)
+        self.load_spec: dict[str, Any] | None = None
+        """How :func:`lmscope.load` / :func:`lmscope.load_tiny` built this model (JSON-able), so another process can
+        rebuild it (:func:`lmscope.core.loading.reload`); None for a Model wrapped by hand."""
         if tokenizer is not None and tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 

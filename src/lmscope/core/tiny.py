@@ -112,4 +112,7 @@ def load_tiny(
     with gen:
         torch.manual_seed(seed)
         hf = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
-    return Model(hf, tok, model_id=f"tiny-{family}-seed{seed}")
+    model = Model(hf, tok, model_id=f"tiny-{family}-seed{seed}")
+    model.load_spec = {"loader": "load_tiny", "family": family, "seed": seed, "attn_implementation": attn_implementation,
+                       "pad": pad, "dtype": str(dtype).removeprefix("torch."), "config_overrides": config_overrides}  # fmt: skip
+    return model

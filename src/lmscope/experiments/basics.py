@@ -60,6 +60,15 @@ class Harvest(Experiment):
     split: str = param(HarvestConfig.split, "corpus split", choices=("train", "heldout"))
     seed: int = param(HarvestConfig.seed, "corpus document order")
     overwrite: bool = param(False, "start over even if the folder holds another harvest")
+    ray: str | None = param(None, "spread shards over a Ray cluster: its address, or 'local' to start one here")
+    workers: int = param(2, "Ray actors, each loading the model once (with --ray)")
+
+    def check(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"harvest: --workers must be >= 1, got {self.workers}")
+
+    def needs(self) -> dict[str, str]:
+        return {"ray": "ray"} if self.ray else {}
 
     def run(self, model: Any, ctx: Context) -> Result:
         from lmscope.experiments.store import harvest, memory_bound
@@ -67,8 +76,10 @@ class Harvest(Experiment):
         cfg = HarvestConfig(sites=list(self.sites), n_tokens=self.tokens, seq_len=self.seq_len, drop_first=self.drop_first,
                             batch_size=self.batch_size, tokens_per_shard=self.shard_tokens, dtype=self.store_dtype,
                             seed=self.seed, split=self.split, progress=not ctx.quiet)  # type: ignore[arg-type]  # fmt: skip
-        ctx.log(f"harvesting {cfg.sites} ({cfg.n_shards} shards; buffers at most {memory_bound(model, cfg) / 2**20:.1f} MiB)")
-        store = harvest(model, cfg, ctx.folder() / "store", overwrite=self.overwrite)
+        where = f" on Ray ({self.ray}, {self.workers} workers)" if self.ray else ""
+        ctx.log(f"harvesting {cfg.sites}{where} ({cfg.n_shards} shards; buffers at most "
+                f"{memory_bound(model, cfg) / 2**20:.1f} MiB per process)")  # fmt: skip
+        store = harvest(model, cfg, ctx.folder() / "store", overwrite=self.overwrite, ray=self.ray, workers=self.workers)
         page = Result(f"Activation harvest: {', '.join(self.sites)}",
                       summary={"tokens": self.tokens, "shards": cfg.n_shards, "dtype": self.store_dtype})  # fmt: skip
         page.artifacts["store"] = "store"

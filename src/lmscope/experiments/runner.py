@@ -92,6 +92,8 @@ def open_model(model: str | None = None, *, tiny: str | None = None, device: str
     m = load_tiny(tiny, dtype=dt or torch.float32) if tiny else load(model, dtype=dt or torch.float32)
     if device is not None:
         m.hf.to(device)
+        if m.load_spec is not None:
+            m.load_spec = {**m.load_spec, "device": device}
     return m
 
 
@@ -99,13 +101,15 @@ def provenance(model: Model | None, seconds: float) -> dict[str, Any]:
     import torch
     import transformers
 
+    from lmscope.experiments.distributed import world
+
     return {
         "model_id": None if model is None else model.model_id,
         "weight_hash": None if model is None else model.weight_hash,
         "device": None if model is None else str(model.device),
         "dtype": None if model is None else str(model.dtype).removeprefix("torch."),
         "lmscope": LMSCOPE_VERSION, "torch": torch.__version__, "transformers": transformers.__version__,
-        "python": platform.python_version(), "threads": torch.get_num_threads(),
+        "python": platform.python_version(), "threads": torch.get_num_threads(), "ranks": world()[1],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(seconds, 2),
     }  # fmt: skip
 
@@ -118,16 +122,23 @@ def experiment_identity(experiment: Experiment, model: Model | None) -> Identity
 def run(experiment: Experiment, *, model: Model | None = None, out: str | Path | None = None,
         quiet: bool = False) -> Result:  # fmt: skip
     """Run ``experiment`` on ``model`` and write its folder to ``out`` (if given); returns its :class:`Result`."""
+    from lmscope.experiments import distributed
+
     experiment.validate()
     if experiment.uses_model and model is None:
         raise ValueError(f"{experiment.command} needs a model: pass model= (lmscope.load() or lmscope.load_tiny())")
-    ctx = Context(out=None if out is None else Path(out), quiet=quiet)
+    if distributed.launched():
+        if not experiment.data_parallel:
+            raise ValueError(f"{experiment.command} does not run data-parallel: start it without torchrun "
+                             "(under torchrun every process would do the whole work and write the same folder)")  # fmt: skip
+        distributed.init_from_env(model.device if model is not None else "cpu")
+    ctx = Context(out=None if out is None else Path(out), quiet=quiet or not distributed.is_main())
     ident = experiment_identity(experiment, model)
     result = experiment.run(model if experiment.uses_model else None, ctx)
     result.command = experiment.command
     result.config = experiment.config()
     result.identity = ident.to_dict()
     result.provenance = provenance(model if experiment.uses_model else None, time.perf_counter() - ctx.started)
-    if out is not None:
+    if out is not None and distributed.is_main():
         result.write(out)
     return result

@@ -67,6 +67,8 @@ class Experiment:
     """One line for ``--help`` and the tour."""
     uses_model: ClassVar[bool] = True
     """False for experiments that build their own models or only convert files."""
+    data_parallel: ClassVar[bool] = False
+    """True for experiments that run under ``torchrun`` (every rank runs it; rank 0 writes the folder)."""
 
     def check(self) -> None:
         """Refuse bad settings and input files before the model loads (raise ValueError/FileNotFoundError)."""

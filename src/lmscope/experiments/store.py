@@ -14,11 +14,13 @@ Layout of a store folder::
     blocks.6.hook_resid_post/shard_00000.safetensors   the site's activations (n_tokens, d)
 
 **Resuming.** A shard holds ``chunks_per_shard`` whole windows, run in forward batches that never
-straddle shards, so a shard's bytes do not depend on where a run started. Each file is written to a
-temporary name and renamed; the manifest is rewritten (atomically) only after all of a shard's
-files are in place. An interrupted harvest therefore leaves complete shards plus at most one
-shard's orphan files, which the next run overwrites; rerunning the same call continues from the
-last completed shard and produces byte-identical files to an uninterrupted run.
+straddle shards, so a shard's bytes do not depend on where a run started or which process ran it.
+Each file is written to a temporary name and renamed; the manifest (the completed shards, in index
+order) is rewritten atomically only after all of a shard's files are in place. An interrupted
+harvest therefore leaves complete shards plus orphan files of shards in flight (one for a single
+process, up to two per worker on Ray), which the next run overwrites; rerunning the same call
+computes exactly the shards the manifest lacks and produces byte-identical files to an
+uninterrupted run. Nothing is lost or counted twice.
 
 **Memory bound.** Per site, at most ``tokens_per_shard`` tokens are buffered (one preallocated
 tensor) before flushing; serializing a shard file makes one more copy of that site's buffer.
@@ -287,64 +289,113 @@ def harvest(
     *,
     overwrite: bool = False,
     on_shard: Callable[[int], None] | None = None,
+    ray: str | None = None,
+    workers: int = 2,
 ) -> ActivationStore:
     """Harvest ``config.sites`` over the corpus into ``out``; resumes an interrupted run of the same config.
 
     ``on_shard(index)`` is called after each shard is committed (progress reporting; an exception
-    there stops the harvest with every committed shard kept).
+    there stops the harvest with every committed shard kept). ``ray`` (a cluster address, or
+    ``"local"`` to start one on this machine) spreads the shards over ``workers`` Ray actors
+    (:mod:`lmscope.experiments.ray_harvest`); the store is the same either way, and either kind of run
+    resumes the other's.
     """
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     settings = _settings(model, config)
     shards = _resume_state(folder, settings, overwrite)
-    widths = settings["d"]
-    dtype = _DTYPES[config.dtype]
-    cps, tpc, keep = config.chunks_per_shard, config.tokens_per_chunk, config.drop_first
-    buffers = {s: torch.empty(cps * tpc, w, dtype=dtype) for s, w in widths.items()}
-    sites = [as_site(s) for s in config.sites]
-    start_chunk = len(shards) * cps
-    chunks = token_chunks(model.tokenizer, config.seq_len, config.n_chunks - start_chunk, seed=config.seed,
-                          split=config.split, start=start_chunk)  # fmt: skip
+    todo = [i for i in range(config.n_shards) if i not in {s["index"] for s in shards}]
     bar = _progress(config, settings["target_tokens"], sum(s["n_tokens"] for s in shards))
     try:
-        for index in range(len(shards), config.n_shards):
-            first = index * cps
-            n_here = min(cps, config.n_chunks - first)
-            windows = [next(chunks) for _ in range(n_here)]
-            ids = torch.stack(windows)  # (chunks, seq)
-            for lo in range(0, n_here, config.batch_size):
-                batch = ids[lo : lo + config.batch_size].to(model.device)
-                with capture(model, sites, stop_early=True, device="cpu") as acts:
-                    model(batch)
-                for name, site in zip(config.sites, sites, strict=True):
-                    act = acts[site][:, keep:].reshape(batch.shape[0] * tpc, -1)  # (batch * kept, width)
-                    stored = act.to(dtype)  # checked after the cast: float16 overflows to inf above 65504
-                    check_finite(stored, f"activations at {name} stored as {config.dtype}"
-                                 + ("" if act.dtype == dtype else f" (max |x| {float(act.abs().max()):.4g}; choose a "
-                                    "wider --dtype such as bfloat16 or float32)"))  # fmt: skip
-                    buffers[name][lo * tpc : lo * tpc + act.shape[0]] = stored
+        if ray is not None:
+            from lmscope.experiments.ray_harvest import harvest_on_ray
+
+            def commit(entry: dict[str, Any]) -> None:
+                _commit(folder, settings, shards, entry, config, on_shard)
                 if bar is not None:
-                    bar.update(batch.shape[0] * tpc)
-            n_tok = n_here * tpc
-            files = {
-                _TOKENS_DIR: _write_tensors(folder, _shard_file(_TOKENS_DIR, index), {
-                    "token_ids": ids[:, keep:].reshape(-1).to(torch.int32),
-                    "position": torch.arange(keep, config.seq_len, dtype=torch.int32).repeat(n_here),
-                    "chunk": torch.arange(first, first + n_here, dtype=torch.int64).repeat_interleave(tpc),
-                })
-            }  # fmt: skip
-            for name in config.sites:
-                files[name] = _write_tensors(folder, _shard_file(name, index), {"acts": buffers[name][:n_tok]})
-            shards.append({"index": index, "n_tokens": n_tok, "first_chunk": first, "n_chunks": n_here, "files": files})
-            atomic_write_json(folder / "manifest.json", _manifest(settings, shards, index + 1 == config.n_shards))
-            if on_shard is not None:
-                on_shard(index)
+                    bar.update(entry["n_tokens"])
+
+            harvest_on_ray(model, config, folder, todo, commit, address=ray, workers=workers)
+        else:
+            buffers = {s: torch.empty(config.chunks_per_shard * config.tokens_per_chunk, w, dtype=_DTYPES[config.dtype])
+                       for s, w in settings["d"].items()}  # fmt: skip
+            for index, ids in shard_windows(model.tokenizer, config, todo):
+                entry = harvest_shard(model, config, folder, index, ids, buffers=buffers,
+                                      on_batch=None if bar is None else bar.update)  # fmt: skip
+                _commit(folder, settings, shards, entry, config, on_shard)
     finally:
         if bar is not None:
             bar.close()
     if not shards or len(shards) == config.n_shards:
         atomic_write_json(folder / "manifest.json", _manifest(settings, shards, True))
     return ActivationStore(folder)
+
+
+def shard_windows(tokenizer: Any, config: HarvestConfig, todo: list[int]) -> Iterator[tuple[int, Tensor]]:
+    """``(index, ids)`` for each shard in ``todo`` (ascending): its (windows, seq_len) token ids, read in one pass."""
+    if not todo:
+        return
+    cps, wanted = config.chunks_per_shard, set(todo)
+    first = min(todo) * cps
+    chunks = token_chunks(tokenizer, config.seq_len, config.n_chunks - first, seed=config.seed, split=config.split,
+                          start=first)  # fmt: skip
+    for index in range(min(todo), config.n_shards):
+        n_here = min(cps, config.n_chunks - index * cps)
+        windows = [next(chunks) for _ in range(n_here)]
+        if index in wanted:
+            yield index, torch.stack(windows)
+
+
+def harvest_shard(model: Model, config: HarvestConfig, folder: Path, index: int, ids: Tensor, *,
+                  buffers: dict[str, Tensor] | None = None,
+                  on_batch: Callable[[int], Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run shard ``index``'s windows ``ids`` through the model and write its files; returns its manifest entry.
+
+    A shard is computed in forward batches that never straddle shards, so its bytes do not depend on
+    which process computes it or where a run started.
+    """
+    dtype, tpc, keep = _DTYPES[config.dtype], config.tokens_per_chunk, config.drop_first
+    n_here, first = ids.shape[0], index * config.chunks_per_shard
+    sites = [as_site(s) for s in config.sites]
+    if buffers is None:
+        widths = _site_widths(model, config.sites)
+        buffers = {s: torch.empty(n_here * tpc, w, dtype=dtype) for s, w in widths.items()}
+    for lo in range(0, n_here, config.batch_size):
+        batch = ids[lo : lo + config.batch_size].to(model.device)
+        with capture(model, sites, stop_early=True, device="cpu") as acts:
+            model(batch)
+        for name, site in zip(config.sites, sites, strict=True):
+            act = acts[site][:, keep:].reshape(batch.shape[0] * tpc, -1)  # (batch * kept, width)
+            stored = act.to(dtype)  # checked after the cast: float16 overflows to inf above 65504
+            check_finite(stored, f"activations at {name} stored as {config.dtype}"
+                         + ("" if act.dtype == dtype else f" (max |x| {float(act.abs().max()):.4g}; choose a "
+                            "wider --dtype such as bfloat16 or float32)"))  # fmt: skip
+            buffers[name][lo * tpc : lo * tpc + act.shape[0]] = stored
+        if on_batch is not None:
+            on_batch(batch.shape[0] * tpc)
+    n_tok = n_here * tpc
+    files = {
+        _TOKENS_DIR: _write_tensors(folder, _shard_file(_TOKENS_DIR, index), {
+            "token_ids": ids[:, keep:].reshape(-1).to(torch.int32),
+            "position": torch.arange(keep, config.seq_len, dtype=torch.int32).repeat(n_here),
+            "chunk": torch.arange(first, first + n_here, dtype=torch.int64).repeat_interleave(tpc),
+        })
+    }  # fmt: skip
+    for name in config.sites:
+        files[name] = _write_tensors(folder, _shard_file(name, index), {"acts": buffers[name][:n_tok]})
+    return {"index": index, "n_tokens": n_tok, "first_chunk": first, "n_chunks": n_here, "files": files}
+
+
+def _commit(folder: Path, settings: dict[str, Any], shards: list[dict[str, Any]], entry: dict[str, Any],
+            config: HarvestConfig, on_shard: Callable[[int], None] | None) -> None:  # fmt: skip
+    """Record a shard whose files are in place: the manifest lists completed shards in index order."""
+    if any(s["index"] == entry["index"] for s in shards):
+        raise RuntimeError(f"shard {entry['index']} was committed twice")
+    shards.append(entry)
+    shards.sort(key=lambda s: s["index"])
+    atomic_write_json(folder / "manifest.json", _manifest(settings, shards, len(shards) == config.n_shards))
+    if on_shard is not None:
+        on_shard(entry["index"])
 
 
 def _progress(config: HarvestConfig, total: int, done: int) -> Any:

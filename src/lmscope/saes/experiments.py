@@ -41,7 +41,8 @@ class SAETrain(Experiment):
     """
 
     command = "sae train"
-    about = "train an SAE from an activation store or streamed from the model (resumable)"
+    about = "train an SAE from an activation store or streamed from the model (resumable; torchrun: data-parallel)"
+    data_parallel = True
     site: str = param("", "e.g. blocks.12.hook_resid_post", required=True)
     d_sae: int = param(0, "latents", required=True)
     store: str | None = param(None, "activation store folder (else activations are streamed from the model)")
@@ -58,8 +59,12 @@ class SAETrain(Experiment):
     seed: int = param(TrainConfig.seed, "initialisation and shuffling seed")
 
     def check(self) -> None:
+        from lmscope.experiments.distributed import launched
+
         if self.d_sae < 1:
             raise ValueError(f"--d-sae must be a positive number of latents, got {self.d_sae}")
+        if launched() and not self.store:
+            raise ValueError("sae train under torchrun reads a shared activation store: give --store (harvest one first)")
         if self.store:
             from lmscope.experiments.store import ActivationStore
 
@@ -68,6 +73,7 @@ class SAETrain(Experiment):
                 raise ValueError(f"--site {self.site} is not in {self.store} (it holds {list(store.manifest['sites'])})")
 
     def run(self, model: Any, ctx: Context) -> Result:
+        from lmscope.experiments import distributed
         from lmscope.experiments.artifacts import Provenance
         from lmscope.saes import ModelSource, StoreSource, train_sae
         from lmscope.saes.interop import save_saelens
@@ -92,7 +98,8 @@ class SAETrain(Experiment):
         res = train_sae(source, cfg, tcfg, out_dir=out)
         prov = Provenance.of(site=self.site, store=self.store, training_identity=training_identity(source, cfg, tcfg).digest)
         prov.model_id, prov.weight_hash, prov.dataset_hash = model_id, weight_hash, source.fingerprint()
-        save_saelens(res.sae, out / "sae", provenance=prov)
+        if distributed.is_main():
+            save_saelens(res.sae, out / "sae", provenance=prov)
         final = res.log[-1] if res.log else {}
         page = Result(f"SAE training: {self.arch} {self.d_sae} latents at {self.site}",
                       summary={"steps": res.steps, "tokens": res.tokens, "resumed_from": res.resumed_from, **final})  # fmt: skip

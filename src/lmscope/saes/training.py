@@ -9,6 +9,16 @@ bitwise equal to an uninterrupted run (tested).
 Dead latents: a latent that has not fired for ``dead_tokens`` tokens is dead; TopK/BatchTopK
 SAEs give those latents the AuxK loss (Gao et al. 2024) so they learn to explain the error.
 
+**Data parallel.** Inside a process group (``torchrun --nproc-per-node N -m lmscope sae train ...``,
+see :mod:`lmscope.experiments.distributed`) the SAE is wrapped in ``DistributedDataParallel``: every
+rank draws the same global batch of ``batch_size`` rows for step t and trains on its contiguous
+``batch_size / N`` share, DDP averages the gradients, and the firing statistics that decide which
+latents are dead are combined over ranks, so every rank takes the same step. The MSE and L1/L0 terms
+are means over the batch, so the averaged gradient is the single-process one up to float summation
+order. Two terms are computed per rank and therefore differ from a single process: BatchTopK's
+batch-wide top-k and AuxK's normalisation by the residual's variance (both over the rank's share).
+Rank 0 writes checkpoints; all ranks resume from them. Logged metrics are means over ranks.
+
     >>> import torch
     >>> from lmscope.saes import SAEConfig, TrainConfig, train_sae
     >>> from lmscope.saes.sources import TensorSource
@@ -30,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lmscope.experiments import Identity, check_resume, identity
+from lmscope.experiments import Identity, check_resume, distributed, identity
 from lmscope.experiments.artifacts import Provenance, load_artifact, save_artifact
 from lmscope.saes.sae import SAE, SAEConfig
 from lmscope.saes.sources import ActivationSource
@@ -174,6 +184,10 @@ def train_sae(
     """
     if sae_cfg.d_in != source.d_in:
         raise ValueError(f"SAE d_in={sae_cfg.d_in} but the source yields width {source.d_in}")
+    rank, ranks = distributed.world()
+    if cfg.batch_size % ranks:
+        raise ValueError(f"batch_size {cfg.batch_size} does not split evenly over {ranks} ranks")
+    share = slice(rank * cfg.batch_size // ranks, (rank + 1) * cfg.batch_size // ranks)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
     sae = SAE(SAEConfig(**sae_cfg.to_dict()), generator=gen, device=device)
@@ -188,16 +202,22 @@ def train_sae(
         _init_from_data(sae, source, cfg)
     sparsity_coeffs = (sae.cfg.l1_coeff, sae.cfg.l0_coeff)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    bar = _bar(cfg, start, end)
+    bar = _bar(cfg, start, end) if rank == 0 else None
     sae.train()
+    net: Any = sae
+    if ranks > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(sae, device_ids=[sae.device.index] if sae.device.type == "cuda" else None,
+                                      broadcast_buffers=False)  # fmt: skip
     for step in range(start, end):
-        x = source.batch(step, cfg.batch_size).to(device)
+        x = source.batch(step, cfg.batch_size)[share].to(device)
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(step)
         ramp = min(1.0, (step + 1) / cfg.sparsity_warmup_steps) if cfg.sparsity_warmup_steps else 1.0
         sae.cfg.l1_coeff, sae.cfg.l0_coeff = sparsity_coeffs[0] * ramp, sparsity_coeffs[1] * ramp
         dead = sae.stale_tokens >= cfg.dead_tokens
-        out = sae(x, dead_mask=dead)
+        out = net(x, dead_mask=dead)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         sae.remove_parallel_grad_()
@@ -205,26 +225,34 @@ def train_sae(
         sae.normalize_decoder_()
         _after_step(sae, out.latents.detach(), cfg.batch_size)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            log.append(_metrics(sae, x, out, step, cfg.lr_at(step), dead))
+            log.append(distributed.mean(_metrics(sae, x, out, step, cfg.lr_at(step), dead), sae.device))
             if bar is not None:
                 bar.set_postfix(fvu=f"{log[-1]['fvu']:.3f}", l0=f"{log[-1]['l0']:.1f}", dead=f"{log[-1]['dead_frac']:.2f}")
         if bar is not None:
             bar.update(1)
         if folder is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(folder, sae, opt, step + 1, log, cfg, work)
+            _save_on_main(folder, sae, opt, step + 1, log, cfg, work)
     if bar is not None:
         bar.close()
     sae.cfg.l1_coeff, sae.cfg.l0_coeff = sparsity_coeffs
     if folder is not None and end > start:
-        save_checkpoint(folder, sae, opt, end, log, cfg, work)
+        _save_on_main(folder, sae, opt, end, log, cfg, work)
     sae.cfg.extra = {**sae.cfg.extra, "tokens_seen": end * cfg.batch_size, "train_config": json.loads(json.dumps(asdict(cfg)))}
     sae.eval()
     return TrainResult(sae, end, end * cfg.batch_size, time.perf_counter() - t0, start, log)
 
 
+def _save_on_main(folder: Path, sae: SAE, opt: torch.optim.Optimizer, step: int, log: list[dict[str, float]],
+                  train_cfg: TrainConfig, work: Identity) -> None:  # fmt: skip
+    """Rank 0 writes the checkpoint; the others wait until it is in place (a single process just writes)."""
+    if distributed.is_main():
+        save_checkpoint(folder, sae, opt, step, log, train_cfg, work)
+    distributed.barrier()
+
+
 @torch.no_grad()
 def _after_step(sae: SAE, z: Tensor, batch: int) -> None:
-    fired = (z > 0).reshape(-1, z.shape[-1]).any(0)
+    fired = distributed.any_((z > 0).reshape(-1, z.shape[-1]).any(0))  # fired anywhere in the global batch
     sae.stale_tokens.add_(batch)
     sae.stale_tokens[fired] = 0
     if sae.cfg.architecture == "batchtopk":
