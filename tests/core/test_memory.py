@@ -119,6 +119,7 @@ def test_f26_capture_to_a_device_never_moves_the_model(tiny_gpt2: ls.Model) -> N
     assert _param_places(model) == places and model.device.type == "cpu"
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_f26_capture_to_cpu_from_a_gpu_model() -> None:
     model = ls.load_tiny("llama")

@@ -160,3 +160,27 @@ def test_the_bundled_model_split_half_on_disk_matches(smollm: ls.Model, tmp_path
     with ls.intervene(split, plan):
         got_text = split.generate(prompts, max_new_tokens=8)
     assert ref_text == got_text
+
+
+def test_the_cli_splits_a_model_with_a_device_map_file(pair: tuple[ls.Model, ls.Model], tmp_path: Path) -> None:
+    import json
+
+    from lmscope.cli.main import main
+
+    whole, _ = pair
+    folder = tmp_path / "model"
+    whole.hf.save_pretrained(folder)
+    whole.tokenizer.save_pretrained(folder)
+    placement = tmp_path / "map.json"
+    placement.write_text(json.dumps(_split_map(whole, disk_from=1)))
+    common = ["lens", "the dog saw", "--model", str(folder), "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "whole")]) == 0
+    assert main([*common, "--device-map", str(placement), "--offload-folder", str(tmp_path / "off"),
+                 "--out", str(tmp_path / "split")]) == 0  # fmt: skip
+    a, b = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("whole", "split"))
+    assert a["summary"] == b["summary"] and a["data"] == b["data"] and a["identity"] == b["identity"]
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    for extra in (["--device-map", str(bad)], ["--device-map", str(tmp_path / "none.json")],
+                  ["--offload-folder", str(tmp_path)], ["--device-map", "auto", "--device", "cpu"]):  # fmt: skip
+        assert main([*common, *extra, "--out", str(tmp_path / "x")]) == 2, extra

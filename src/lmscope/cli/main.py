@@ -27,6 +27,9 @@ COMMON: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--tiny", {"metavar": "FAMILY", "help": "a tiny random model of this family instead (llama, gpt2, ...: mechanics only)"}),
     ("--device", {"help": "torch device for the model (cpu, cuda, cuda:1, mps; default cpu)"}),
     ("--dtype", {"help": "model dtype (float32 default, bfloat16, float16)"}),
+    ("--device-map", {"metavar": "MAP", "help": "split the model's layers with accelerate: 'auto', or a JSON file "
+                      "{module: device or 'disk'} (see docs/scale.md)"}),
+    ("--offload-folder", {"metavar": "DIR", "help": "where --device-map puts the weights it sends to 'disk'"}),
     ("--out", {"help": "output folder: result.json, figures, index.html (default outputs/<command>)"}),
     ("--quiet", {"action": "store_true", "help": "no progress on stderr"}),
 )  # fmt: skip
@@ -120,13 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     started = False
     try:
         exp = experiment_from_args(args)
-        given = [f for f in ("model", "tiny", "device", "dtype") if getattr(args, f)]
+        given = [f for f in ("model", "tiny", "device", "dtype", "device_map", "offload_folder") if getattr(args, f)]
         if not exp.uses_model and given:
             raise ValueError(f"{exp.command} loads no model (it reads files or builds its own CPU models); "
-                             f"drop {', '.join('--' + f for f in given)}")  # fmt: skip
+                             f"drop {', '.join('--' + f.replace('_', '-') for f in given)}")  # fmt: skip
         out = Path(args.out or Path("outputs") / exp.command.replace(" ", "-"))
         _check_out(out)
-        model = open_model(args.model, tiny=args.tiny, device=args.device, dtype=args.dtype) if exp.uses_model else None
+        model = open_model(args.model, tiny=args.tiny, device=args.device, dtype=args.dtype, device_map=args.device_map,
+                           offload_folder=args.offload_folder) if exp.uses_model else None  # fmt: skip
         started = True  # settings, input files and the model are fine: from here on a failure is the work's (exit 1)
         result = run(exp, model=model, out=out, quiet=args.quiet)
     except KeyboardInterrupt:

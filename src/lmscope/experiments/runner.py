@@ -68,8 +68,13 @@ class Context:
 
 
 def open_model(model: str | None = None, *, tiny: str | None = None, device: str | None = None,
-               dtype: str | None = None) -> Model:  # fmt: skip
-    """The model a command asks for: ``tiny`` (a tiny random model of that family) or ``model`` (default: bundled)."""
+               dtype: str | None = None, device_map: str | None = None, offload_folder: str | None = None) -> Model:  # fmt: skip
+    """The model a command asks for: ``tiny`` (a tiny random model of that family) or ``model`` (default: bundled).
+
+    ``device_map``: ``"auto"`` or a JSON file mapping module names to devices (``"disk"`` with ``offload_folder``).
+    """
+    import json
+
     import torch
 
     from lmscope.core.loading import load
@@ -89,7 +94,28 @@ def open_model(model: str | None = None, *, tiny: str | None = None, device: str
             raise ValueError(f"--device {device}: this machine has no CUDA device")
     if tiny is not None and model is not None:
         raise ValueError("give --model or --tiny, not both")
-    m = load_tiny(tiny, dtype=dt or torch.float32) if tiny else load(model, dtype=dt or torch.float32)
+    placement: Any = device_map
+    if device_map is not None:
+        if tiny is not None:
+            raise ValueError("--device-map splits a model loaded from files; a --tiny model is built in memory")
+        if device is not None:
+            raise ValueError("give --device or --device-map, not both (a device map places every module itself)")
+        if device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+            path = Path(device_map)
+            if not path.is_file():
+                raise ValueError(f"--device-map {device_map!r}: not 'auto' and no such JSON file")
+            try:
+                placement = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--device-map {path} is not valid JSON ({exc})") from None
+            if not isinstance(placement, dict) or not all(isinstance(k, str) for k in placement):
+                raise ValueError(f"--device-map {path} must hold one JSON object {{module name: device}}")
+    elif offload_folder is not None:
+        raise ValueError("--offload-folder only applies with --device-map")
+    if tiny:
+        m = load_tiny(tiny, dtype=dt or torch.float32)
+    else:
+        m = load(model, dtype=dt or torch.float32, device_map=placement, offload_folder=offload_folder)
     if device is not None:
         m.hf.to(device)
         if m.load_spec is not None:

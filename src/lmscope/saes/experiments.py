@@ -25,12 +25,13 @@ def _chunks(model: Any, n: int, seq_len: int, split: str) -> Any:
     return torch.stack(list(token_chunks(model.tokenizer, seq_len, n, split=split)))  # type: ignore[arg-type]
 
 
-def _sae(path: str) -> Any:
+def _sae(path: str, device: Any = "cpu") -> Any:
+    """The SAE in ``path``, on the model's device (a GPU model gets a GPU SAE: nothing is moved per batch)."""
     from lmscope.saes.interop import load_saelens
 
     if not Path(path).is_dir():
         raise FileNotFoundError(f"SAE folder {path} does not exist (a SAELens layout: cfg.json + sae_weights.safetensors)")
-    return load_saelens(path)
+    return load_saelens(path, device=device)
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class SAETrain(Experiment):
         tcfg = TrainConfig(total_tokens=self.tokens, batch_size=self.batch, lr=self.lr, seed=self.seed,
                            checkpoint_every=self.checkpoint_every)  # fmt: skip
         out = ctx.folder()
-        res = train_sae(source, cfg, tcfg, out_dir=out)
+        res = train_sae(source, cfg, tcfg, out_dir=out, device=model.device if model is not None else "cpu")
         prov = Provenance.of(site=self.site, store=self.store, training_identity=training_identity(source, cfg, tcfg).digest)
         prov.model_id, prov.weight_hash, prov.dataset_hash = model_id, weight_hash, source.fingerprint()
         if distributed.is_main():
@@ -128,7 +129,7 @@ class SAEEval(Experiment):
     def run(self, model: Any, ctx: Context) -> Result:
         from lmscope.saes.metrics import evaluate_sae, frequency_figure
 
-        sae = _sae(self.sae)
+        sae = _sae(self.sae, model.device)
         chunks = _chunks(model, self.windows, self.seq_len, "heldout")
         ctx.log(f"evaluating on {self.windows} held-out windows of {self.seq_len} tokens")
         ev = evaluate_sae(model, sae, chunks, progress=None if ctx.quiet else ctx.log)
@@ -165,7 +166,7 @@ class SAEDashboard(Experiment):
         from lmscope.saes.dashboard import write_dashboards
         from lmscope.saes.features import harvest_acts, latent_stats
 
-        sae = _sae(self.sae)
+        sae = _sae(self.sae, model.device)
         if self.store:
             from lmscope.experiments.store import ActivationStore
 
@@ -224,7 +225,7 @@ class SAESteer(Experiment):
     def run(self, model: Any, ctx: Context) -> Result:
         from lmscope.saes.steering import feature_steering
 
-        sae = _sae(self.sae)
+        sae = _sae(self.sae, model.device)
         res = feature_steering(model, sae, self.latent, self._prompts(), list(self.words), strengths=list(self.strength),
                                mode=self.mode, max_new_tokens=self.max_new_tokens)  # fmt: skip
         page = Result(f"Steering latent {self.latent} ({self.mode})",
