@@ -67,6 +67,9 @@ def test_torchrun_sae_train_matches_one_process(store: Path, tmp_path: Path) -> 
     assert max(diffs.values()) < TOLERANCE, diffs
     result = json.loads((tmp_path / "ddp" / "result.json").read_text())
     assert result["provenance"]["ranks"] == 2 and result["summary"]["steps"] == 30
+    single = json.loads((tmp_path / "one" / "result.json").read_text())["summary"]
+    for key in ("mse", "fvu", "l0"):  # the global batch's metrics, combined over the ranks
+        assert abs(result["summary"][key] - single[key]) <= 1e-4 * max(1.0, abs(single[key])), key
 
 
 def test_torchrun_training_resumes_to_the_uninterrupted_result(store: Path, tmp_path: Path) -> None:

@@ -10,7 +10,9 @@
   data hash, lmscope version) and the one check every resume goes through.
 - :mod:`~lmscope.experiments.cells`: a resumable grid of cells (sweeps, grids), keyed by identity.
 - :mod:`~lmscope.experiments.artifacts` and :mod:`~lmscope.experiments.store`: checksummed
-  safetensors artifacts and the sharded activation store.
+  safetensors artifacts and the sharded activation store (:mod:`~lmscope.experiments.ray_harvest`
+  fills it from a Ray cluster).
+- :mod:`~lmscope.experiments.distributed`: rank and process group under ``torchrun``.
 
 It imports only :mod:`lmscope.core` and :mod:`lmscope.data`; the method families import it.
 """

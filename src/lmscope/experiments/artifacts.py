@@ -87,9 +87,16 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write to a temporary name private to this process and thread, then rename (two writers never share it)."""
+    import threading
+
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -56,12 +56,16 @@ def any_(t: torch.Tensor) -> torch.Tensor:
     return flag.bool()
 
 
-def mean(values: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
-    """Per-key mean over ranks of scalar metrics (equal batch shares: the mean of means is the global mean)."""
+def average(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor's mean over ranks (equal batch shares: the mean of the ranks' means is the global mean)."""
     size = world()[1]
     if size == 1:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return {**values, **{k: float(v) / size for k, v in zip(keys, t.tolist(), strict=True)}}
+        return tensors
+    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= size
+    out, at = [], 0
+    for t in tensors:
+        out.append(flat[at : at + t.numel()].reshape(t.shape).to(t.dtype))
+        at += t.numel()
+    return out

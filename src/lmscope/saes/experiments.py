@@ -94,7 +94,7 @@ class SAETrain(Experiment):
                         l1_coeff=self.l1, l0_coeff=self.l0, normalize_activations=self.normalize, hook_name=self.site,
                         model_name=model_id)  # fmt: skip
         tcfg = TrainConfig(total_tokens=self.tokens, batch_size=self.batch, lr=self.lr, seed=self.seed,
-                           checkpoint_every=self.checkpoint_every)  # fmt: skip
+                           checkpoint_every=self.checkpoint_every, progress=not ctx.quiet)  # fmt: skip
         out = ctx.folder()
         res = train_sae(source, cfg, tcfg, out_dir=out, device=model.device if model is not None else "cpu")
         prov = Provenance.of(site=self.site, store=self.store, training_identity=training_identity(source, cfg, tcfg).digest)

@@ -17,7 +17,7 @@ latents are dead are combined over ranks, so every rank takes the same step. The
 are means over the batch, so the averaged gradient is the single-process one up to float summation
 order. Two terms are computed per rank and therefore differ from a single process: BatchTopK's
 batch-wide top-k and AuxK's normalisation by the residual's variance (both over the rank's share).
-Rank 0 writes checkpoints; all ranks resume from them. Logged metrics are means over ranks.
+Rank 0 writes checkpoints; all ranks resume from them. Logged metrics are the global batch's (combined over ranks).
 
     >>> import torch
     >>> from lmscope.saes import SAEConfig, TrainConfig, train_sae
@@ -225,7 +225,7 @@ def train_sae(
         sae.normalize_decoder_()
         _after_step(sae, out.latents.detach(), cfg.batch_size)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            log.append(distributed.mean(_metrics(sae, x, out, step, cfg.lr_at(step), dead), sae.device))
+            log.append(_metrics(sae, x, out, step, cfg.lr_at(step), dead))
             if bar is not None:
                 bar.set_postfix(fvu=f"{log[-1]['fvu']:.3f}", l0=f"{log[-1]['l0']:.1f}", dead=f"{log[-1]['dead_frac']:.2f}")
         if bar is not None:
@@ -266,12 +266,17 @@ def _after_step(sae: SAE, z: Tensor, batch: int) -> None:
 
 @torch.no_grad()
 def _metrics(sae: SAE, x: Tensor, out: Any, step: int, lr: float, dead: Tensor) -> dict[str, float]:
+    """Metrics of the step's global batch (under DDP: combined from the ranks' equal shares)."""
     xs = x * sae.cfg.scaling_factor
-    var = (xs - xs.mean(0)).pow(2).sum(-1).mean()
+    mse, l0, aux = out.losses["mse"], (out.latents > 0).sum(-1).float().mean(), out.losses["aux"]
+    if distributed.world()[1] == 1:
+        var = (xs - xs.mean(0)).pow(2).sum(-1).mean()
+    else:  # the global batch's variance from the ranks' averaged first and second moments
+        mse, l0, aux, mean, second = distributed.average([mse, l0, aux, xs.mean(0), xs.pow(2).sum(-1).mean()])
+        var = second - mean.pow(2).sum()
     return {
-        "step": step + 1, "lr": lr, "mse": float(out.losses["mse"]), "fvu": float(out.losses["mse"] / var),
-        "l0": float((out.latents > 0).sum(-1).float().mean()), "dead_frac": float(dead.float().mean()),
-        "aux": float(out.losses["aux"]),
+        "step": step + 1, "lr": lr, "mse": float(mse), "fvu": float(mse / var), "l0": float(l0),
+        "dead_frac": float(dead.float().mean()), "aux": float(aux),
     }  # fmt: skip
 
 
