@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,20 @@ def reference(model: ls.Model, tmp_path_factory: pytest.TempPathFactory) -> Path
     out = tmp_path_factory.mktemp("single") / "store"
     harvest(model, _config(), out)
     return out
+
+
+def test_the_cli_starts_its_own_local_cluster_and_writes_the_same_store(model: ls.Model, reference: Path,
+                                                                         tmp_path: Path) -> None:  # fmt: skip
+    # first in the module: no cluster is running in this process yet, so the command starts (and stops) its own
+    assert not ray.is_initialized()
+    cmd = [sys.executable, "-m", "lmscope", "harvest", "--tiny", "llama", "--sites", *SITES, "--tokens", str(7 * 31 * 3),
+           "--seq-len", "32", "--batch-size", "3", "--shard-tokens", str(31 * 3), "--ray", "local", "--workers", "2",
+           "--quiet", "--out", str(tmp_path / "cli")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "LMSCOPE_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _shards(tmp_path / "cli" / "store") == _shards(reference)
+    result = json.loads((tmp_path / "cli" / "result.json").read_text())
+    assert result["config"]["ray"] == "local" and result["config"]["workers"] == 2
 
 
 def test_a_ray_harvest_writes_the_single_process_store(cluster: Any, model: ls.Model, reference: Path,

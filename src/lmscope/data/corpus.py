@@ -39,6 +39,12 @@ from torch import Tensor
 
 Split = Literal["train", "heldout", "all"]
 SOURCES: tuple[str, ...] = ("stdlib", "python-doc")
+"""The default corpus: the standard library's sources, plus Debian's python3-doc where it is installed."""
+BUILTIN: tuple[str, ...] = ("stdlib", "python-doc", "pydoc-topics")
+"""Named sources. ``pydoc-topics`` is English prose every Python ships: the language reference's
+topics (``pydoc_data.topics``, about 460,000 characters in 79 documents)."""
+USER_FORMATS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+"""Files a user may add as a source, read by the Hugging Face ``datasets`` library, streaming."""
 _SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
 _PY = f"python{sys.version_info[0]}.{sys.version_info[1]}"
 _DOC_ROOTS = (f"/usr/share/doc/{_PY}/html", "/usr/share/doc/python3-doc/html", "/usr/share/doc/python3/html")
@@ -51,10 +57,15 @@ class Document:
 
     id: str
     """Stable name, ``"<source>:<path relative to the source root>"``."""
-    path: Path
+    path: Path | None = None
+    body: str | None = None
+    """The text itself, for documents that are not files (``pydoc-topics``)."""
 
     def text(self) -> str:
         """The file's text (undecodable bytes replaced, so reading never fails on odd encodings)."""
+        if self.body is not None:
+            return self.body
+        assert self.path is not None
         return self.path.read_text(encoding="utf-8", errors="replace")
 
     def split(self, heldout_fraction: float) -> str:
@@ -86,21 +97,74 @@ def _python_doc_root() -> Path | None:
     return None
 
 
+def user_files(sources: tuple[str, ...]) -> list[Path]:
+    """The entries of ``sources`` that are user files (every entry that is not a named source), checked."""
+    files = []
+    for entry in sources:
+        if entry in BUILTIN:
+            continue
+        path = Path(entry).expanduser()
+        if path.suffix.lower() not in USER_FORMATS:
+            raise ValueError(f"corpus source {entry!r} is neither one of the named sources ({', '.join(BUILTIN)}) "
+                             f"nor a text file ({', '.join(sorted(USER_FORMATS))})")  # fmt: skip
+        if not path.is_file():
+            raise FileNotFoundError(f"corpus file {path} does not exist")
+        files.append(path)
+    return files
+
+
 def list_documents(*, sources: tuple[str, ...] = SOURCES) -> list[Document]:
-    """Every available document of ``sources``, sorted by id (files are listed, not read)."""
-    unknown = set(sources) - set(SOURCES)
-    if unknown:
-        raise ValueError(f"unknown corpus sources {sorted(unknown)}; available: {list(SOURCES)}")
+    """Every available document of the named ``sources``, sorted by id (files are listed, not read).
+
+    User files among ``sources`` are not listed here: they are streamed (:func:`corpus_stream`).
+    """
+    user_files(sources)
     docs: list[Document] = []
+    if "pydoc-topics" in sources:
+        from pydoc_data.topics import topics
+
+        docs += [Document(f"pydoc-topics:{name}", body=text) for name, text in topics.items()]
     if "stdlib" in sources:
         docs += _walk(Path(sysconfig.get_paths()["stdlib"]), (".py",), "stdlib")
     if "python-doc" in sources:
         root = _python_doc_root()
         if root is not None:  # optional: only where Debian's python3-doc is installed
             docs += _walk(root, (".txt",), "python-doc")
-    if not docs:
+    if not docs and not any(entry not in BUILTIN for entry in sources):
         raise FileNotFoundError(f"no corpus documents found for sources {list(sources)}")
     return sorted(docs, key=lambda d: d.id)
+
+
+def _user_texts(path: Path, split: Split, heldout_fraction: float) -> Iterator[str]:
+    """The records of a user file in file order (``.txt``: one record per paragraph; JSON/Parquet: the
+    ``text`` field of each row), streamed; a record is held out when the sha256 of ``"<name>#<row>"`` says so."""
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError(f"reading {path} needs the Hugging Face datasets library: pip install 'lmscope[corpora]'") from None
+    kind = USER_FORMATS[path.suffix.lower()]
+    extra = {"sample_by": "paragraph"} if kind == "text" else {}
+    rows = datasets.load_dataset(kind, data_files=str(path), split="train", streaming=True, **extra)
+    for row, record in enumerate(rows):
+        if "text" not in record:
+            raise ValueError(f"{path}: row {row} has no 'text' field (it has {sorted(record)})")
+        text = record["text"]
+        if not isinstance(text, str):
+            raise ValueError(f"{path}: row {row}'s 'text' is {type(text).__name__}, not a string")
+        if split != "all" and ("heldout" if _hash_unit(f"{path.name}#{row}") < heldout_fraction else "train") != split:
+            continue
+        yield text
+
+
+def corpus_stream(
+    *, split: Split = "train", seed: int = 0, heldout_fraction: float = 0.05, sources: tuple[str, ...] = SOURCES
+) -> Iterator[str]:
+    """Every text of the corpus in order: the named sources' documents (seeded order), then each user file's records."""
+    if any(entry in BUILTIN for entry in sources):
+        for doc in corpus_documents(split=split, seed=seed, heldout_fraction=heldout_fraction, sources=sources):
+            yield doc.text()
+    for path in user_files(sources):
+        yield from _user_texts(path, split, heldout_fraction)
 
 
 def corpus_documents(
@@ -185,9 +249,8 @@ def token_chunks(
     index = 0
     if stop is not None and stop <= start:
         return
-    docs = corpus_documents(split=split, seed=seed, heldout_fraction=heldout_fraction, sources=sources)
-    for doc in docs:
-        for piece in _pieces(doc.text()):
+    for text in corpus_stream(split=split, seed=seed, heldout_fraction=heldout_fraction, sources=sources):
+        for piece in _pieces(text):
             buffer.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
             while len(buffer) >= body:
                 window, buffer = buffer[:body], buffer[body:]
@@ -206,11 +269,18 @@ def token_chunks(
 def describe_corpus(
     *, split: Split = "train", seed: int = 0, heldout_fraction: float = 0.05, sources: tuple[str, ...] = SOURCES
 ) -> dict[str, Any]:
-    """A JSON-ready description of the corpus (for manifests): sources, split, seed, and a hash of the doc ids."""
-    docs = corpus_documents(split=split, seed=seed, heldout_fraction=heldout_fraction, sources=sources)
+    """A JSON-ready description of the corpus (for manifests): sources, split, seed, and a hash of the doc ids
+    (and, for user files, of their bytes)."""
+    named = tuple(e for e in sources if e in BUILTIN)
+    docs = corpus_documents(split=split, seed=seed, heldout_fraction=heldout_fraction, sources=named) if named else []
     ids_hash = hashlib.sha256("\n".join(d.id for d in docs).encode()).hexdigest()
+    extra: dict[str, Any] = {}
+    files = user_files(sources)
+    if files:
+        extra["files"] = [{"name": f.name, "bytes": f.stat().st_size, "sha256": file_sha256(f)} for f in files]
     return {
-        "name": "python-stdlib-source",
+        **extra,
+        "name": "python-stdlib-source" if set(named) <= set(SOURCES) and not files else "+".join(sources_label(sources)),
         "sources": sorted({d.id.split(":", 1)[0] for d in docs}),
         "python": sys.version.split()[0],
         "split": split,
@@ -219,3 +289,17 @@ def describe_corpus(
         "n_docs": len(docs),
         "doc_ids_sha256": ids_hash,
     }
+
+
+def sources_label(sources: tuple[str, ...]) -> list[str]:
+    """Short names of the sources (a user file by its file name)."""
+    return [e if e in BUILTIN else Path(e).name for e in sources]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+

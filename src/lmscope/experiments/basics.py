@@ -59,23 +59,38 @@ class Harvest(Experiment):
     store_dtype: str = param(HarvestConfig.dtype, "storage dtype", choices=("float32", "float16", "bfloat16"))
     split: str = param(HarvestConfig.split, "corpus split", choices=("train", "heldout"))
     seed: int = param(HarvestConfig.seed, "corpus document order")
+    corpus: tuple[str, ...] = param((), "text to run: named sources (stdlib, python-doc, pydoc-topics) and/or "
+                                    ".txt/.jsonl/.parquet files (default stdlib python-doc)")
     overwrite: bool = param(False, "start over even if the folder holds another harvest")
     ray: str | None = param(None, "spread shards over a Ray cluster: its address, or 'local' to start one here")
     workers: int = param(2, "Ray actors, each loading the model once (with --ray)")
 
     def check(self) -> None:
+        from lmscope.data.corpus import user_files
+
         if self.workers < 1:
             raise ValueError(f"harvest: --workers must be >= 1, got {self.workers}")
+        user_files(self.corpus)
+
+    def inputs(self) -> Any:
+        from lmscope.data.corpus import file_sha256, user_files
+
+        return [{"file": p.name, "sha256": file_sha256(p)} for p in user_files(self.corpus)] or None
 
     def needs(self) -> dict[str, str]:
-        return {"ray": "ray"} if self.ray else {}
+        from lmscope.data.corpus import BUILTIN
+
+        need = {"ray": "ray"} if self.ray else {}
+        if any(c not in BUILTIN for c in self.corpus):
+            need["datasets"] = "datasets"
+        return need
 
     def run(self, model: Any, ctx: Context) -> Result:
         from lmscope.experiments.store import harvest, memory_bound
 
         cfg = HarvestConfig(sites=list(self.sites), n_tokens=self.tokens, seq_len=self.seq_len, drop_first=self.drop_first,
                             batch_size=self.batch_size, tokens_per_shard=self.shard_tokens, dtype=self.store_dtype,
-                            seed=self.seed, split=self.split, progress=not ctx.quiet)  # type: ignore[arg-type]  # fmt: skip
+                            seed=self.seed, split=self.split, corpus=self.corpus, progress=not ctx.quiet)  # type: ignore[arg-type]  # fmt: skip
         where = f" on Ray ({self.ray}, {self.workers} workers)" if self.ray else ""
         ctx.log(f"harvesting {cfg.sites}{where} ({cfg.n_shards} shards; buffers at most "
                 f"{memory_bound(model, cfg) / 2**20:.1f} MiB per process)")  # fmt: skip

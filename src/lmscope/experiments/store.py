@@ -56,7 +56,7 @@ from lmscope.core.edits import check_finite
 from lmscope.core.hooks import capture
 from lmscope.core.sites import Site, as_site
 from lmscope.core.version import LMSCOPE_VERSION
-from lmscope.data.corpus import Split, describe_corpus, token_chunks
+from lmscope.data.corpus import SOURCES, Split, describe_corpus, token_chunks, user_files
 from lmscope.experiments.artifacts import atomic_write_bytes, atomic_write_json
 from lmscope.experiments.identity import Identity, StaleResume, check_resume, identity
 
@@ -91,6 +91,9 @@ class HarvestConfig:
     """Corpus document order."""
     split: Split = "train"
     """Corpus split (``"heldout"`` for evaluation stores)."""
+    corpus: tuple[str, ...] = SOURCES
+    """Corpus sources: named ones (``stdlib``, ``python-doc``, ``pydoc-topics``) and/or user text files
+    (``.txt``, ``.jsonl``, ``.parquet``; see :mod:`lmscope.data.corpus`)."""
     progress: bool = True
     """Show a tqdm progress bar."""
 
@@ -105,6 +108,8 @@ class HarvestConfig:
                 raise ValueError(f"{s} cannot be harvested: store whole sites with one vector per token (not heads, "
                                  "patterns or logits)")  # fmt: skip
         self.sites = list(dict.fromkeys(str(s) for s in sites))
+        self.corpus = (self.corpus,) if isinstance(self.corpus, str) else tuple(self.corpus) or SOURCES
+        user_files(self.corpus)  # a missing or unreadable-kind file is refused before any work
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
         if not 0 <= self.drop_first < self.seq_len:
@@ -198,7 +203,7 @@ def _settings(model: Model, config: HarvestConfig) -> dict[str, Any]:
         "chunks_per_shard": config.chunks_per_shard,
         "tokens_per_shard": config.chunks_per_shard * config.tokens_per_chunk,
         "target_tokens": config.n_chunks * config.tokens_per_chunk,
-        "corpus": describe_corpus(split=config.split, seed=config.seed),
+        "corpus": describe_corpus(split=config.split, seed=config.seed, sources=config.corpus),
         "lmscope_version": LMSCOPE_VERSION,
     }
 
@@ -338,7 +343,7 @@ def shard_windows(tokenizer: Any, config: HarvestConfig, todo: list[int]) -> Ite
     cps, wanted = config.chunks_per_shard, set(todo)
     first = min(todo) * cps
     chunks = token_chunks(tokenizer, config.seq_len, config.n_chunks - first, seed=config.seed, split=config.split,
-                          start=first)  # fmt: skip
+                          start=first, sources=config.corpus)  # fmt: skip
     for index in range(min(todo), config.n_shards):
         n_here = min(cps, config.n_chunks - index * cps)
         windows = [next(chunks) for _ in range(n_here)]
