@@ -109,3 +109,21 @@ def test_the_cli_harvests_a_user_corpus_beside_a_named_source(tmp_path: Path) ->
     assert store.manifest["corpus"]["name"] == "c.jsonl+pydoc-topics"
     assert main([*common, "--corpus", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "b")]) == 2
     assert not (tmp_path / "b").exists()
+
+
+def test_tuned_lens_sae_training_and_neuron_recording_read_a_user_corpus(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "c.jsonl", RECORDS * 12)
+    tiny = ["--tiny", "llama", "--quiet", "--corpus", str(path)]
+    assert main(["tuned-lens", "train", "--tokens", "512", "--seq-len", "32", "--batch-size", "4",
+                 "--compare-windows", "0", *tiny, "--out", str(tmp_path / "lens")]) == 0  # fmt: skip
+    lens = json.loads((tmp_path / "lens" / "result.json").read_text())
+    assert lens["identity"]["data"] is not None  # the file's sha256 is part of what the result was computed from
+    assert main(["sae", "train", "--site", "blocks.1.hook_resid_post", "--d-sae", "32", "--k", "4", "--tokens", "1024",
+                 "--batch", "128", *tiny, "--out", str(tmp_path / "sae")]) == 0  # fmt: skip
+    assert main(["neurons", "record", "--layers", "1", "--tokens", "310", "--seq-len", "32", *tiny,
+                 "--out", str(tmp_path / "neurons")]) == 0  # fmt: skip
+    rec = ActivationStore(tmp_path / "neurons" / "store")
+    assert rec.manifest["corpus"]["files"][0]["name"] == "c.jsonl"
+    # a store carries its own corpus: asking for another one too is a usage error
+    assert main(["sae", "train", "--site", "blocks.1.hook_mlp_post", "--d-sae", "32", "--store", str(rec.path), *tiny,
+                 "--out", str(tmp_path / "x")]) == 2  # fmt: skip

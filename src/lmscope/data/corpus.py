@@ -43,6 +43,9 @@ SOURCES: tuple[str, ...] = ("stdlib", "python-doc")
 BUILTIN: tuple[str, ...] = ("stdlib", "python-doc", "pydoc-topics")
 """Named sources. ``pydoc-topics`` is English prose every Python ships: the language reference's
 topics (``pydoc_data.topics``, about 460,000 characters in 79 documents)."""
+CORPUS_HELP = ("text to run: named sources (stdlib, python-doc, pydoc-topics) and/or .txt/.jsonl/.parquet files "
+               "(default stdlib python-doc)")
+"""The one help line of every command's ``--corpus``."""
 USER_FORMATS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 """Files a user may add as a source, read by the Hugging Face ``datasets`` library, streaming."""
 _SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
@@ -289,6 +292,11 @@ def describe_corpus(
         "n_docs": len(docs),
         "doc_ids_sha256": ids_hash,
     }
+
+
+def user_inputs(sources: tuple[str, ...]) -> list[dict[str, str]] | None:
+    """What an experiment's identity fingerprints of its corpus: each user file's name and sha256 (None: none)."""
+    return [{"file": p.name, "sha256": file_sha256(p)} for p in user_files(sources)] or None
 
 
 def sources_label(sources: tuple[str, ...]) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lmscope.data.corpus import CORPUS_HELP
 from lmscope.experiments.report import Result
 from lmscope.experiments.runner import Context
 from lmscope.experiments.spec import Experiment, param
@@ -59,8 +60,7 @@ class Harvest(Experiment):
     store_dtype: str = param(HarvestConfig.dtype, "storage dtype", choices=("float32", "float16", "bfloat16"))
     split: str = param(HarvestConfig.split, "corpus split", choices=("train", "heldout"))
     seed: int = param(HarvestConfig.seed, "corpus document order")
-    corpus: tuple[str, ...] = param((), "text to run: named sources (stdlib, python-doc, pydoc-topics) and/or "
-                                    ".txt/.jsonl/.parquet files (default stdlib python-doc)")
+    corpus: tuple[str, ...] = param((), CORPUS_HELP)
     overwrite: bool = param(False, "start over even if the folder holds another harvest")
     ray: str | None = param(None, "spread shards over a Ray cluster: its address, or 'local' to start one here")
     workers: int = param(2, "Ray actors, each loading the model once (with --ray)")
@@ -73,9 +73,9 @@ class Harvest(Experiment):
         user_files(self.corpus)
 
     def inputs(self) -> Any:
-        from lmscope.data.corpus import file_sha256, user_files
+        from lmscope.data.corpus import user_inputs
 
-        return [{"file": p.name, "sha256": file_sha256(p)} for p in user_files(self.corpus)] or None
+        return user_inputs(self.corpus)
 
     def needs(self) -> dict[str, str]:
         from lmscope.data.corpus import BUILTIN

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmscope.data.corpus import CORPUS_HELP, user_files, user_inputs
 from lmscope.experiments import Context, Experiment, Layers, Result, param, resolve_layers
 from lmscope.lenses.tuned_lens import TunedLensConfig
 
@@ -147,13 +148,21 @@ class TunedLensTrain(Experiment):
     checkpoint_every: int = param(TunedLensConfig.checkpoint_every, "steps between checkpoints")
     exact: bool = param(False, "exact full-vocabulary KL (slow on CPU) instead of the sampled softmax")
     compare_windows: int = param(12, "held-out windows to compare on afterwards (0: skip)")
+    corpus: tuple[str, ...] = param((), CORPUS_HELP)
+
+    def check(self) -> None:
+        user_files(self.corpus)
+
+    def inputs(self) -> Any:
+        return user_inputs(self.corpus)
 
     def run(self, model: Any, ctx: Context) -> Result:
         from lmscope.lenses.tuned_lens import FINAL, train_tuned_lens
 
         cfg = TunedLensConfig(train_tokens=self.tokens, seq_len=self.seq_len, batch_size=self.batch_size, lr=self.lr,
                               warmup_steps=self.warmup, checkpoint_every=self.checkpoint_every,
-                              sampled_vocab=None if self.exact else TunedLensConfig.sampled_vocab)  # fmt: skip
+                              sampled_vocab=None if self.exact else TunedLensConfig.sampled_vocab,
+                              corpus=self.corpus)  # fmt: skip
         lens = train_tuned_lens(model, cfg, out=ctx.folder(), progress=not ctx.quiet)
         if self.compare_windows:
             page = _comparison(model, lens, self.compare_windows, self.seq_len)

@@ -9,6 +9,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from lmscope.data.corpus import CORPUS_HELP, user_files, user_inputs
 from lmscope.experiments import Context, Experiment, Layers, Result, Strengths, new_figure, param, resolve_layers
 
 STRINGS = ("all", "inline")
@@ -23,12 +24,20 @@ class NeuronsRecord(Experiment):
     layers: Layers = param(None, "layers to record", required=True)
     tokens: int = param(65536, "tokens to store")
     seq_len: int = param(128, "window length")
+    corpus: tuple[str, ...] = param((), CORPUS_HELP)
+
+    def check(self) -> None:
+        user_files(self.corpus)
+
+    def inputs(self) -> Any:
+        return user_inputs(self.corpus)
 
     def run(self, model: Any, ctx: Context) -> Result:
         from lmscope.neurons import record
 
         layers = resolve_layers(self.layers, model.shape.n_layers)
-        store = record(model, layers, ctx.folder() / "store", n_tokens=self.tokens, seq_len=self.seq_len, progress=not ctx.quiet)
+        store = record(model, layers, ctx.folder() / "store", n_tokens=self.tokens, seq_len=self.seq_len,
+                       progress=not ctx.quiet, corpus=self.corpus)  # fmt: skip
         page = Result(f"Recorded mlp_post of layers {layers}", summary={"tokens": self.tokens, "layers": layers})
         page.artifacts["store"] = "store"
         page.say(str(store))

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 def record(model: Model, layers: list[int], out: str | Path, *, n_tokens: int = 65536, seq_len: int = 128,
            kind: str = "mlp_post", dtype: str = "float16", split: str = "train", overwrite: bool = False,
-           progress: bool = True) -> ActivationStore:  # fmt: skip
+           progress: bool = True, corpus: tuple[str, ...] = ()) -> ActivationStore:  # fmt: skip
     """Harvest ``kind`` (default ``mlp_post``) at ``layers`` over the corpus into the store at ``out`` (resumable)."""
     if not layers:
         raise ValueError("record needs at least one layer")
@@ -43,7 +43,7 @@ def record(model: Model, layers: list[int], out: str | Path, *, n_tokens: int = 
     if bad:
         raise IndexError(f"layers {bad} out of range: the model has {n} layers")
     cfg = HarvestConfig(sites=[str(Site(kind, layer)) for layer in layers], n_tokens=n_tokens, seq_len=seq_len,
-                        dtype=dtype, split=split, progress=progress)  # type: ignore[arg-type]  # fmt: skip
+                        dtype=dtype, split=split, progress=progress, corpus=corpus)  # type: ignore[arg-type]  # fmt: skip
     return harvest(model, cfg, out, overwrite=overwrite)
 
 

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lmscope.data.corpus import CORPUS_HELP, user_files, user_inputs
 from lmscope.experiments import Context, Experiment, Result, Strengths, param
 from lmscope.saes.sae import SAEConfig
 from lmscope.saes.training import TrainConfig
@@ -17,12 +18,12 @@ DEFAULT_PROMPTS = (
 )  # fmt: skip
 
 
-def _chunks(model: Any, n: int, seq_len: int, split: str) -> Any:
+def _chunks(model: Any, n: int, seq_len: int, split: str, corpus: tuple[str, ...] = ()) -> Any:
     import torch
 
-    from lmscope.data.corpus import token_chunks
+    from lmscope.data.corpus import SOURCES, token_chunks
 
-    return torch.stack(list(token_chunks(model.tokenizer, seq_len, n, split=split)))  # type: ignore[arg-type]
+    return torch.stack(list(token_chunks(model.tokenizer, seq_len, n, split=split, sources=corpus or SOURCES)))  # type: ignore[arg-type]
 
 
 def _sae(path: str, device: Any = "cpu") -> Any:
@@ -58,12 +59,16 @@ class SAETrain(Experiment):
                            choices=("none", "expected_average_only_in"))  # fmt: skip
     checkpoint_every: int = param(TrainConfig.checkpoint_every, "steps between checkpoints")
     seed: int = param(TrainConfig.seed, "initialisation and shuffling seed")
+    corpus: tuple[str, ...] = param((), CORPUS_HELP + "; without --store only")
 
     def check(self) -> None:
         from lmscope.experiments.distributed import launched
 
         if self.d_sae < 1:
             raise ValueError(f"--d-sae must be a positive number of latents, got {self.d_sae}")
+        user_files(self.corpus)
+        if self.corpus and self.store:
+            raise ValueError("--corpus applies when streaming from the model; a --store was harvested from its own corpus")
         if launched() and not self.store:
             raise ValueError("sae train under torchrun reads a shared activation store: give --store (harvest one first)")
         if self.store:
@@ -72,6 +77,9 @@ class SAETrain(Experiment):
             store = ActivationStore(self.store)  # every shard checked before any work starts
             if self.site not in store.manifest["sites"]:
                 raise ValueError(f"--site {self.site} is not in {self.store} (it holds {list(store.manifest['sites'])})")
+
+    def inputs(self) -> Any:
+        return user_inputs(self.corpus)
 
     def run(self, model: Any, ctx: Context) -> Result:
         from lmscope.experiments import distributed
@@ -88,7 +96,7 @@ class SAETrain(Experiment):
             model_id, weight_hash = store.manifest["model_id"], store.manifest["weight_hash"]
         else:
             n_chunks = max(64, self.tokens // 127 + 1)
-            source = ModelSource(model, self.site, _chunks(model, n_chunks, 128, "train"), seed=self.seed)  # type: ignore[assignment]
+            source = ModelSource(model, self.site, _chunks(model, n_chunks, 128, "train", self.corpus), seed=self.seed)  # type: ignore[assignment]
             model_id, weight_hash = model.model_id, model.weight_hash
         cfg = SAEConfig(self.arch, source.d_in, self.d_sae, k=self.k if self.arch in ("topk", "batchtopk") else None,
                         l1_coeff=self.l1, l0_coeff=self.l0, normalize_activations=self.normalize, hook_name=self.site,
