@@ -9,6 +9,7 @@ from lmscope.introspection.experiments import Introspect
 from lmscope.lenses.experiments import LogitLens, MultiHop, Patchscope, TunedLensCompare, TunedLensTrain
 from lmscope.neurons.experiments import NeuronsAblate, NeuronsCorrelate, NeuronsRecord, NeuronsScale, NeuronsTop
 from lmscope.relations.experiments import LRE
+from lmscope.saes.compare import SAECompare
 from lmscope.saes.experiments import SAEDashboard, SAEEval, SAESteer, SAETrain
 from lmscope.sparse.experiments import SparseBridge, SparsePrune, SparseTrain
 from lmscope.steering.experiments import SteerApply, SteerExport, SteerExtract, SteerSweep
@@ -21,7 +22,7 @@ COMMANDS = (
     Introspect,
     ICLVectors, ICLAlgebra, ICLRank1, ICLTrajectory,
     NeuronsRecord, NeuronsTop, NeuronsCorrelate, NeuronsAblate, NeuronsScale,
-    SAETrain, SAEEval, SAEDashboard, SAESteer,
+    SAETrain, SAEEval, SAEDashboard, SAESteer, SAECompare,
     Patch, Attribute, Circuit,
     LRE,
     SparseTrain, SparsePrune, SparseBridge,

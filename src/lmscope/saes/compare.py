@@ -1,0 +1,108 @@
+"""The four SAE variants side by side: trained on the same activations, evaluated on the same held-out text.
+
+    lmscope sae compare --site blocks.12.hook_resid_post --d-sae 4608 --k 32 --tokens 262144
+
+One harvest (or ``--store``) feeds ReLU-L1 (``standard``), TopK, BatchTopK and JumpReLU SAEs with the
+same width, optimiser and token budget; each is evaluated with :func:`~lmscope.saes.metrics.evaluate_sae`
+on held-out windows (L0, FVU, CE loss recovered, KL, dead and dense latents). TopK and BatchTopK get
+their sparsity from ``--k``; ReLU-L1 and JumpReLU from their coefficients (``--l1``, ``--l0``), so their
+L0 is whatever those coefficients give: compare rows at similar L0, or sweep the coefficients.
+Each SAE trains in its own subfolder with checkpoints, so an interrupted comparison resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lmscope.data.corpus import CORPUS_HELP, user_files, user_inputs
+from lmscope.experiments import Context, Experiment, Result, param
+from lmscope.saes.sae import SAEConfig
+from lmscope.saes.training import TrainConfig
+
+ARCHS = ("standard", "topk", "batchtopk", "jumprelu")
+COLUMNS = ("l0", "fvu", "ce_recovered", "kl_spliced", "dead_frac", "dense_frac")
+
+
+@dataclass(frozen=True)
+class SAECompare(Experiment):
+    """Train ReLU-L1, TopK, BatchTopK and JumpReLU SAEs on the same activations and compare them on held-out text.
+
+    lmscope sae compare --site blocks.12.hook_resid_post --d-sae 4608 --k 32 --tokens 262144
+    """
+
+    command = "sae compare"
+    about = "the four SAE variants on the same activations: L0, FVU, CE recovered, KL, dead latents in one table"
+    site: str = param("blocks.12.hook_resid_post", "where the SAEs read")
+    d_sae: int = param(4608, "latents of every SAE")
+    archs: tuple[str, ...] = param(ARCHS, "variants to train", choices=ARCHS)
+    k: int = param(32, "active latents (topk, batchtopk)")
+    l1: float = param(SAEConfig.l1_coeff, "L1 coefficient (standard)")
+    l0: float = param(SAEConfig.l0_coeff, "L0 coefficient (jumprelu)")
+    tokens: int = param(131072, "training tokens per SAE (beyond the store: epochs)")
+    store_tokens: int = param(65536, "tokens harvested when there is no --store")
+    store: str | None = param(None, "activation store to train from (else one is harvested into --out/store)")
+    batch: int = param(TrainConfig.batch_size, "tokens per step")
+    lr: float = param(TrainConfig.lr, "Adam learning rate")
+    windows: int = param(32, "held-out windows to evaluate on")
+    seq_len: int = param(128, "window length of the evaluation")
+    seed: int = param(TrainConfig.seed, "initialisation and shuffling seed")
+    corpus: tuple[str, ...] = param((), CORPUS_HELP)
+
+    def check(self) -> None:
+        if self.d_sae < 1 or self.k < 1:
+            raise ValueError(f"--d-sae and --k must be positive, got {self.d_sae}, {self.k}")
+        if not self.archs:
+            raise ValueError("--archs is empty")
+        user_files(self.corpus)
+        if self.store:
+            from lmscope.experiments.store import ActivationStore
+
+            if self.site not in ActivationStore(self.store).sites:
+                raise ValueError(f"--site {self.site} is not in {self.store}")
+
+    def inputs(self) -> Any:
+        return user_inputs(self.corpus)
+
+    def run(self, model: Any, ctx: Context) -> Result:
+        from lmscope.experiments.store import ActivationStore, HarvestConfig, harvest
+        from lmscope.saes.experiments import _chunks
+        from lmscope.saes.interop import save_saelens
+        from lmscope.saes.metrics import evaluate_sae
+        from lmscope.saes.sources import StoreSource
+        from lmscope.saes.training import train_sae
+
+        out = ctx.folder()
+        if self.store:
+            store = ActivationStore(self.store)
+        else:
+            ctx.log(f"harvesting {self.store_tokens} tokens at {self.site}")
+            store = harvest(model, HarvestConfig(sites=[self.site], n_tokens=self.store_tokens, corpus=self.corpus,
+                                                 progress=not ctx.quiet), out / "store")  # fmt: skip
+        source = StoreSource(store, self.site, seed=self.seed)
+        chunks = _chunks(model, self.windows, self.seq_len, "heldout", self.corpus)
+        rows: list[list[Any]] = []
+        summary: dict[str, Any] = {}
+        for arch in self.archs:
+            cfg = SAEConfig(arch, source.d_in, self.d_sae, k=self.k if arch in ("topk", "batchtopk") else None,
+                            l1_coeff=self.l1, l0_coeff=self.l0, hook_name=self.site, model_name=model.model_id)  # fmt: skip
+            tcfg = TrainConfig(total_tokens=self.tokens, batch_size=self.batch, lr=self.lr, seed=self.seed,
+                               progress=not ctx.quiet)  # fmt: skip
+            ctx.log(f"training {arch}")
+            res = train_sae(source, cfg, tcfg, out_dir=out / arch, device=model.device)
+            save_saelens(res.sae, out / arch / "sae")
+            ev = evaluate_sae(model, res.sae, chunks).summary()
+            summary[arch] = {k: ev[k] for k in (*COLUMNS, "ce_clean", "ce_spliced", "ce_zero", "tokens")}
+            summary[arch]["train_s"] = round(res.wall_s, 1)
+            rows.append([arch, *(round(ev[c], 4) for c in COLUMNS), round(res.wall_s, 1)])
+            ctx.log(f"{arch}: " + ", ".join(f"{c} {ev[c]:.4g}" for c in COLUMNS))
+        page = Result(f"Four SAE variants at {self.site}: {self.d_sae} latents, {self.tokens} training tokens",
+                      summary=summary)  # fmt: skip
+        page.table("Held-out evaluation", ["variant", *COLUMNS, "train s"], rows)
+        for arch in self.archs:
+            page.artifacts[arch] = f"{arch}/sae"
+        page.say(f"evaluated on {self.windows} held-out windows of {self.seq_len} tokens; k={self.k} (topk, "
+                 f"batchtopk), l1={self.l1} (standard), l0={self.l0} (jumprelu)")  # fmt: skip
+        for row in rows:
+            page.say("  " + "  ".join(f"{c}={v}" for c, v in zip(["variant", *COLUMNS, "train_s"], row, strict=True)))
+        return page
