@@ -44,6 +44,8 @@ class SAECompare(Experiment):
     store: str | None = param(None, "activation store to train from (else one is harvested into --out/store)")
     batch: int = param(TrainConfig.batch_size, "tokens per step")
     lr: float = param(TrainConfig.lr, "Adam learning rate")
+    normalize: str = param("expected_average_only_in", "input scaling (the L1 and L0 coefficients assume inputs "
+                           "of norm sqrt(d_in))", choices=("none", "expected_average_only_in"))  # fmt: skip
     windows: int = param(32, "held-out windows to evaluate on")
     seq_len: int = param(128, "window length of the evaluation")
     seed: int = param(TrainConfig.seed, "initialisation and shuffling seed")
@@ -85,7 +87,8 @@ class SAECompare(Experiment):
         summary: dict[str, Any] = {}
         for arch in self.archs:
             cfg = SAEConfig(arch, source.d_in, self.d_sae, k=self.k if arch in ("topk", "batchtopk") else None,
-                            l1_coeff=self.l1, l0_coeff=self.l0, hook_name=self.site, model_name=model.model_id)  # fmt: skip
+                            l1_coeff=self.l1, l0_coeff=self.l0, normalize_activations=self.normalize, hook_name=self.site,
+                            model_name=model.model_id)  # fmt: skip
             tcfg = TrainConfig(total_tokens=self.tokens, batch_size=self.batch, lr=self.lr, seed=self.seed,
                                progress=not ctx.quiet)  # fmt: skip
             ctx.log(f"training {arch}")
