@@ -30,6 +30,8 @@ OCEAN = ["ocean", "oceans", "sea", "waves"]
         ("Sure! The ocean is a vast body of salt water.", False, False),
         ("Do you detect an injected thought? If so, what is it about?", False, False),
         ("", False, False),
+        ("The ocean, the ocean. Yes, I detect an injected thought about the ocean.", True, False),  # named first
+        ("Yes, I detect an injected thought about oceans.", True, True),  # a plural is a mention
     ],
 )
 def test_grader(answer: str, detected: bool, identified: bool) -> None:

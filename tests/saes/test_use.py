@@ -190,7 +190,7 @@ def test_clamp_sets_the_latent_and_mention_rate_counts_whole_words(tiny_llama: l
     x = torch.randn(3, 5, tiny_llama.shape.d_model).abs()  # positive: latent i of the identity SAE is x_i
     out = clamp_latent(sae, 2, 7.5)(x, torch.arange(5), 5)
     assert torch.allclose(sae.encode(out)[..., 2], torch.full((3, 5), 7.5), atol=1e-5)
-    assert mention_rate(["The Bridge!", "bridges", "no"], ["bridge"]) == pytest.approx(1 / 3)
+    assert mention_rate(["The Bridge!", "bridges", "no", "bridgework"], ["bridge"]) == pytest.approx(2 / 4)
     with pytest.raises(ValueError):
         mention_rate([], ["a"])
 

@@ -38,6 +38,14 @@ def test_sentiment_orders_hand_written_texts() -> None:
     assert pos > 0.5 and neg < -0.5 and abs(neu) < 0.2
 
 
+def test_mentions_count_plurals_and_possessives_but_not_other_words() -> None:
+    assert B.mentions("It snows in the mountains.", ["snow"]) and B.mentions("the mountains", ["mountain"])
+    assert B.mentions("two cities", ["city"]) and B.mentions("the bridge's cables", ["bridge"])
+    assert B.mentions("fallen leaves", ["leaf"]) and B.mentions("Golden Gates", ["golden gate"])
+    assert not B.mentions("snowy", ["snow"]) and not B.mentions("citywide", ["city"])
+    assert not B.mentions("It snows.", ["snow"], inflect=False)
+
+
 def test_mentions_whole_words_only() -> None:
     assert B.mentions("The Ocean was calm.", ["ocean", "sea"])
     assert B.mentions("we swam in the sea", ["ocean", "sea"])

@@ -12,7 +12,9 @@ Grading each answer:
 - detected: the answer claims to notice an injected thought ("Yes", "I detect ...") and does not
   deny it ("No", "I don't detect ..."). A keyword grader: it misreads hedged or rambling text,
   which the per-trial answers in the results let you check.
-- identified: detected, and the answer names the concept or one of its synonyms (whole word).
+- identified: detected, the answer names the concept or one of its synonyms (whole word, plurals and
+  possessives included), and the detection is claimed before the concept is first named (the paper's
+  criterion: "The ocean... yes, I noticed something" may be steered text, not introspection).
 
 Rates: detection and identification over injection trials, false positives (claims detection)
 over control trials. The paper reports about 20% correct detection with 0 false positives for
@@ -38,7 +40,7 @@ from lmscope.core.hooks import intervene
 from lmscope.core.inputs import Batch, position_ids_from_mask
 from lmscope.core.model import Model
 from lmscope.core.sites import Site
-from lmscope.data.text import mentions
+from lmscope.data.text import first_mention, mentions
 
 PREAMBLE = (
     "I am an interpretability researcher studying transformer-based language models like you. I have access to "
@@ -74,15 +76,22 @@ class Grade:
     named: bool
     """Names the concept (or a synonym) anywhere."""
     identified: bool
-    """Detected and named."""
+    """Detected and named, the detection claimed before the concept is first named (the paper's criterion: an
+    answer that names the concept and only then says it noticed something may just be steered text)."""
+
+
+def _detection_at(answer: str) -> int | None:
+    """Character offset (in the stripped answer) where a detection is claimed, or None (also for denials)."""
+    t = answer.replace("\u2019", "'").strip().lower()[:300]
+    if _NO.search(t):
+        return None
+    m = _YES.search(t)
+    return None if m is None else m.start()
 
 
 def claims_detection(answer: str) -> bool:
     """True when ``answer`` says an injected thought was noticed (and does not deny it)."""
-    t = answer.replace("\u2019", "'").strip().lower()[:300]
-    if _NO.search(t):
-        return False
-    return _YES.search(t) is not None
+    return _detection_at(answer) is not None
 
 
 def names_concept(answer: str, names: Sequence[str]) -> bool:
@@ -92,8 +101,10 @@ def names_concept(answer: str, names: Sequence[str]) -> bool:
 
 def grade(answer: str, names: Sequence[str]) -> Grade:
     """Grade one answer against the concept's names (the concept and its synonyms)."""
-    d, n = claims_detection(answer), names_concept(answer, names)
-    return Grade(d, n, d and n)
+    at = _detection_at(answer)
+    named_at = first_mention(answer.strip(), names)
+    d, n = at is not None, named_at is not None
+    return Grade(d, n, d and n and at <= named_at)  # type: ignore[operator]
 
 
 def trial_text(model: Model) -> tuple[str, int]:

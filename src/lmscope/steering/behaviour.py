@@ -156,11 +156,11 @@ def facts(n: int | None = None) -> list[tuple[str, str]]:
 
 
 def fact_accuracy(model: Model, pairs: Sequence[tuple[str, str]], *, chat: bool = True, max_new_tokens: int = 10) -> float:
-    """Share of questions whose greedy answer contains the expected answer as a whole word."""
+    """Share of questions whose greedy answer contains the expected answer as a whole word (exactly: no plurals)."""
     if not pairs:
         raise ValueError("fact_accuracy needs at least one question")
     if chat and getattr(model.tokenizer, "chat_template", None) is None:
         chat = False
     prompts = [q if chat else f"Q: {q}\nA:" for q, _ in pairs]
     outs = model.generate(prompts, chat=chat, max_new_tokens=max_new_tokens)
-    return sum(mentions(o, [a]) for o, (_, a) in zip(outs, pairs, strict=True)) / len(pairs)
+    return sum(mentions(o, [a], inflect=False) for o, (_, a) in zip(outs, pairs, strict=True)) / len(pairs)
