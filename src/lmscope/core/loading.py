@@ -190,7 +190,7 @@ def load(
     if device_map is not None:
         _check_tied_placement(hf)
     tok = AutoTokenizer.from_pretrained(str(folder), **({"trust_remote_code": True} if trust_remote_code else {}))
-    if device is not None and device_map is None:
+    if device is not None:  # never with a device_map (refused above)
         hf = hf.to(device)
     model = Model(hf, tok, model_id=model_id, architecture=architecture)
     if architecture is None:  # a custom site table is code, not data: such a model cannot be rebuilt elsewhere

@@ -125,7 +125,7 @@ class Model:
     @property
     def offloaded(self) -> bool:
         """True when some weights live off the module (accelerate's CPU or disk offload: meta tensors in place)."""
-        return any(p.device.type == "meta" for p in self.hf.parameters())
+        return any(t.device.type == "meta" for t in (*self.hf.parameters(), *self.hf.buffers()))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -153,7 +153,7 @@ class Model:
     def _state(self) -> dict[str, Tensor]:
         """``hf.state_dict()`` with offloaded (meta) tensors read back from accelerate's offload store, on the CPU."""
         state = self.hf.state_dict()
-        if not any(t.device.type == "meta" for t in state.values()):
+        if not self.offloaded:
             return state
         from accelerate.utils import align_module_device
 

@@ -73,12 +73,13 @@ class Document:
 
     def split(self, heldout_fraction: float) -> str:
         """``"heldout"`` or ``"train"``, from the sha256 of the id."""
-        return "heldout" if _hash_unit(self.id) < heldout_fraction else "train"
+        return split_of(self.id, heldout_fraction)
 
 
-def _hash_unit(doc_id: str) -> float:
-    """The id's sha256 as a number in [0, 1)."""
-    return int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") / 2.0**64
+def split_of(doc_id: str, heldout_fraction: float) -> str:
+    """``"heldout"`` when the sha256 of ``doc_id`` falls in the first ``heldout_fraction`` of the hash range."""
+    unit = int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") / 2.0**64
+    return "heldout" if unit < heldout_fraction else "train"
 
 
 def _walk(root: Path, suffixes: tuple[str, ...], prefix: str) -> list[Document]:
@@ -154,7 +155,7 @@ def _user_texts(path: Path, split: Split, heldout_fraction: float) -> Iterator[s
         text = record["text"]
         if not isinstance(text, str):
             raise ValueError(f"{path}: row {row}'s 'text' is {type(text).__name__}, not a string")
-        if split != "all" and ("heldout" if _hash_unit(f"{path.name}#{row}") < heldout_fraction else "train") != split:
+        if split != "all" and split_of(f"{path.name}#{row}", heldout_fraction) != split:
             continue
         yield text
 
@@ -162,7 +163,11 @@ def _user_texts(path: Path, split: Split, heldout_fraction: float) -> Iterator[s
 def corpus_stream(
     *, split: Split = "train", seed: int = 0, heldout_fraction: float = 0.05, sources: tuple[str, ...] = SOURCES
 ) -> Iterator[str]:
-    """Every text of the corpus in order: the named sources' documents (seeded order), then each user file's records."""
+    """Every text of the corpus in order: the named sources' documents (seeded order), then each user file's records.
+
+    Here and in every corpus function, empty ``sources`` means the default (:data:`SOURCES`).
+    """
+    sources = sources or SOURCES
     if any(entry in BUILTIN for entry in sources):
         for doc in corpus_documents(split=split, seed=seed, heldout_fraction=heldout_fraction, sources=sources):
             yield doc.text()
@@ -185,7 +190,7 @@ def corpus_documents(
         raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
     if max_docs is not None and max_docs < 1:
         raise ValueError(f"max_docs must be >= 1 or None, got {max_docs}")
-    docs = list_documents(sources=sources)
+    docs = list_documents(sources=sources or SOURCES)
     if split != "all":
         docs = [d for d in docs if d.split(heldout_fraction) == split]
     random.Random(seed).shuffle(docs)
@@ -274,6 +279,7 @@ def describe_corpus(
 ) -> dict[str, Any]:
     """A JSON-ready description of the corpus (for manifests): sources, split, seed, and a hash of the doc ids
     (and, for user files, of their bytes)."""
+    sources = sources or SOURCES
     named = tuple(e for e in sources if e in BUILTIN)
     docs = corpus_documents(split=split, seed=seed, heldout_fraction=heldout_fraction, sources=named) if named else []
     ids_hash = hashlib.sha256("\n".join(d.id for d in docs).encode()).hexdigest()
@@ -304,9 +310,10 @@ def sources_label(sources: tuple[str, ...]) -> list[str]:
     return [e if e in BUILTIN else Path(e).name for e in sources]
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (also :func:`lmscope.experiments.artifacts.sha256_file`)."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from lmscope.core.edits import check_finite
 from lmscope.core.version import LMSCOPE_VERSION
+from lmscope.data.corpus import file_sha256 as sha256_file  # noqa: F401  (re-exported: one file hash)
 
 if TYPE_CHECKING:
     from lmscope.core.model import Model
@@ -76,14 +77,6 @@ def dataset_hash(items: object) -> str:
         data = json.dumps(list(items) if isinstance(items, Iterable) and not isinstance(items, Mapping) else items,
                           sort_keys=True, default=str).encode()  # fmt: skip
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

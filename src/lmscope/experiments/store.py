@@ -331,15 +331,9 @@ def harvest(
     finally:
         if bar is not None:
             bar.close()
-    if len(shards) == config.n_shards and not _marked_complete(folder):
-        atomic_write_json(folder / "manifest.json", _manifest(settings, shards, True))
-    # a finished store is left untouched: rewriting its manifest (a new timestamp) would change its fingerprint
+    # the last commit marked the store complete; a finished store is not rewritten (a new timestamp would
+    # change its fingerprint, and with it the identity of everything trained from it)
     return ActivationStore(folder)
-
-
-def _marked_complete(folder: Path) -> bool:
-    path = folder / "manifest.json"
-    return path.exists() and bool(json.loads(path.read_text()).get("complete"))
 
 
 def shard_windows(tokenizer: Any, config: HarvestConfig, todo: list[int]) -> Iterator[tuple[int, Tensor]]:

@@ -51,7 +51,7 @@ from lmscope.core.architectures import get_module
 from lmscope.core.hooks import capture
 from lmscope.core.model import Model
 from lmscope.core.sites import Site
-from lmscope.data.corpus import SOURCES, describe_corpus, token_chunks
+from lmscope.data.corpus import describe_corpus, token_chunks
 from lmscope.experiments import Identity, check_resume, identity
 from lmscope.experiments.artifacts import Provenance, load_artifact, save_artifact
 from lmscope.lenses.logit_lens import LogitLensResult, Targets, logit_lens
@@ -235,7 +235,7 @@ def _identity(model: Model, cfg: TunedLensConfig) -> Identity:
     """Settings, the model's weights and the training text: what a tuned-lens checkpoint was computed from."""
     config = {k: v for k, v in _config_json(cfg).items() if k not in ("checkpoint_every",)}
     return identity({"kind": "tuned_lens_training", **config}, model=model,
-                    data=describe_corpus(split="train", seed=cfg.seed, sources=cfg.corpus or SOURCES))  # fmt: skip
+                    data=describe_corpus(split="train", seed=cfg.seed, sources=cfg.corpus))  # fmt: skip
 
 
 def _load_checkpoint(path: Path, lens: TunedLens, opt: torch.optim.Optimizer, cfg: TunedLensConfig,
@@ -287,7 +287,7 @@ def train_tuned_lens(
     w_head = weight.detach().to(torch.bfloat16 if cfg.bf16_unembed else weight.dtype)
     sites = [Site("resid_post", layer) for layer in layers]
     chunks = token_chunks(model.tokenizer, cfg.seq_len, (end - step) * cfg.batch_size, seed=cfg.seed, split="train",
-                          prepend_bos=False, start=step * cfg.batch_size, sources=cfg.corpus or SOURCES)  # fmt: skip
+                          prepend_bos=False, start=step * cfg.batch_size, sources=cfg.corpus)  # fmt: skip
     bar = _bar(progress, total=cfg.steps, initial=step)
     t0 = time.time()
     with _frozen(model):
@@ -316,7 +316,7 @@ def train_tuned_lens(
                 _save_checkpoint(folder / CHECKPOINT, lens, opt, step, cfg, losses, model)
     bar.close()
     lens.meta = {"config": asdict(cfg), "trained_layers": layers, "steps_done": step, "train_losses": losses,
-                 "corpus": describe_corpus(split="train", seed=cfg.seed, sources=cfg.corpus or SOURCES),
+                 "corpus": describe_corpus(split="train", seed=cfg.seed, sources=cfg.corpus),
                  "seconds": round(time.time() - t0, 1)}  # fmt: skip
     if folder is not None and step >= cfg.steps:
         lens.save(folder / FINAL, model)

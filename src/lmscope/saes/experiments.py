@@ -21,9 +21,9 @@ DEFAULT_PROMPTS = (
 def _chunks(model: Any, n: int, seq_len: int, split: str, corpus: tuple[str, ...] = ()) -> Any:
     import torch
 
-    from lmscope.data.corpus import SOURCES, token_chunks
+    from lmscope.data.corpus import token_chunks
 
-    return torch.stack(list(token_chunks(model.tokenizer, seq_len, n, split=split, sources=corpus or SOURCES)))  # type: ignore[arg-type]
+    return torch.stack(list(token_chunks(model.tokenizer, seq_len, n, split=split, sources=corpus)))  # type: ignore[arg-type]
 
 
 def _sae(path: str, device: Any = "cpu") -> Any:
