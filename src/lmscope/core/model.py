@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -382,8 +382,14 @@ class Model:
         temperature: float = 1.0,
         use_cache: bool = True,
         seed: int | None = None,
+        streamer: Any = None,
+        stop: Callable[[], bool] | None = None,
     ) -> Tensor:
-        """New token ids (batch, new) after the prompts."""
+        """New token ids (batch, new) after the prompts.
+
+        ``streamer``: an HF streamer (``put(ids)``/``end()``) that sees each new token as it is made;
+        ``stop``: called after each token, generation ends early when it returns True.
+        """
         if isinstance(prompts, Batch):
             batch = prompts.to(self.device)
             if bool((batch.attention_mask[:, -1] == 0).any()):
@@ -398,7 +404,10 @@ class Model:
             )
         if seed is not None:
             torch.manual_seed(seed)
-        kwargs: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "use_cache": use_cache}
+        kwargs: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "use_cache": use_cache,
+                                  "streamer": streamer}
+        if stop is not None:
+            kwargs["stopping_criteria"] = _stopping(stop)
         if do_sample:
             kwargs["temperature"] = temperature
         else:
@@ -409,3 +418,14 @@ class Model:
                 pad_token_id=self.tokenizer.pad_token_id, **kwargs,
             )  # fmt: skip
         return out[:, batch.shape[1] :]
+
+
+def _stopping(stop: Callable[[], bool]) -> Any:
+    """HF stopping criteria that end generation (every row) once ``stop()`` returns True."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids: Tensor, scores: Tensor, **kw: Any) -> Tensor:
+            return torch.full((input_ids.shape[0],), bool(stop()), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Stop()])

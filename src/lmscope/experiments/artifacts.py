@@ -194,3 +194,18 @@ def _safetensors_metadata(raw: bytes) -> dict[str, str]:
     if n <= 0 or 8 + n > len(raw):
         raise ValueError("bad header length")
     return json.loads(raw[8 : 8 + n]).get("__metadata__", {}) or {}
+
+
+def peek_kind(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, Any]]:
+    """An lmscope artifact's kind and meta from its safetensors header alone (no tensor is read);
+    ``(None, {})`` for any other or unreadable file."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= 100_000_000:
+                return None, {}
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+        header = json.loads(meta["lmscope"])
+        return str(header["kind"]), dict(header.get("meta") or {})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, {}
