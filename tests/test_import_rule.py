@@ -71,6 +71,11 @@ def test_tour_never_imports_the_cli() -> None:
     assert offences == [], offences
 
 
+def test_the_explorer_never_imports_the_cli() -> None:
+    offences = _floor_offences("serve", ("core", "data", "experiments", "serve", *FAMILIES))
+    assert offences == [], offences
+
+
 def test_the_rule_sees_an_upward_import_inside_a_function(tmp_path) -> None:
     """The check has teeth: ``from lmscope import __version__`` inside a function is found."""
     probe = tmp_path / "probe.py"

@@ -22,7 +22,8 @@ def test_help_and_argument_errors_import_no_torch() -> None:
     code = (
         "import sys\n"
         "from lmscope.cli.main import main\n"
-        "for argv in (['--help'], ['lens', '--help'], ['patch', '--copies', 'abc'], ['nonsense']):\n"
+        "for argv in (['--help'], ['lens', '--help'], ['patch', '--copies', 'abc'], ['nonsense'],\n"
+        "             ['serve', '--help'], ['serve', '/no/such/folder'], ['serve', '.', '--port', '-1']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit as e:\n"

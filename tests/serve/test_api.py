@@ -242,3 +242,44 @@ def test_a_long_job_times_out_and_a_full_queue_is_refused(results: Path, tiny_ll
     finally:
         gate.set()
         running.stop()
+
+
+def test_a_client_leaving_mid_stream_stops_the_job_and_leaves_no_hook(server, tiny_llama: ls.Model) -> None:
+    client, running = server
+    jobs = running.server.config.app.state.jobs
+    body = {"prompt": PROMPT, "vector": "steer/vector.safetensors", "layer": 1, "scale": 3.0, "max_new_tokens": 64,
+            "chat": False}
+    with client.stream("POST", "/api/steer", json=body) as r:
+        for line in r.iter_lines():
+            if '"steered"' in line:
+                break  # leave while the steered side is being generated
+    deadline = time.monotonic() + 20
+    while jobs.status()["running"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert jobs.status()["running"] is None
+    assert not ls.active_hooks(tiny_llama)
+    ref = logit_lens(tiny_llama, PROMPT)
+    doc = post(client, "/api/lens", {"prompt": PROMPT}).json()  # unsteered again
+    assert doc["p"][-1][-1] == pytest.approx(ref.top_probs[0, -1, -1].tolist(), abs=1e-6)
+
+
+def test_concurrent_clients_get_the_answers_they_would_get_alone(server, tiny_llama: ls.Model) -> None:
+    client, running = server
+    prompts = ["the dog saw", "a cat and a dog", "the the the", "dog"]
+    alone = {p: post(client, "/api/lens", {"prompt": p}).json()["p"] for p in prompts}
+    got: dict[str, list] = {}
+
+    def ask(p: str) -> None:
+        with httpx.Client(base_url=running.url, timeout=60) as c:
+            got[p] = c.post("/api/lens", json={"prompt": p}).json()["p"]
+
+    threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
+    steer_thread = threading.Thread(target=stream, args=(client, {"prompt": PROMPT, "vector": "steer/vector.safetensors",
+                                                                  "layer": 1, "scale": 9.0, "max_new_tokens": 16}))  # fmt: skip
+    steer_thread.start()
+    for t in threads:
+        t.start()
+    for t in [*threads, steer_thread]:
+        t.join()
+    for p in prompts:  # a steering job running alongside never leaks into a lens request
+        assert torch.tensor(got[p]) == pytest.approx(torch.tensor(alone[p]), abs=1e-6)

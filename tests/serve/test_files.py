@@ -53,3 +53,44 @@ def test_a_file_that_only_looks_like_an_artifact_is_not_listed(results: Path) ->
     (results / "weights.pt").write_bytes(b"\x80\x04pickle")
     arts = Root(results).artifacts()
     assert all("fake" not in a["path"] and "weights" not in a["path"] for k in arts for a in arts[k])
+
+
+def test_notebook_html_fetches_nothing(results: Path) -> None:
+    import re
+
+    from lmscope.experiments import Result
+
+    html = Result.load(results / "patch")._repr_html_()
+    assert "lmscopeViews.render" in html and '"view": "result"' in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|url\(\s*["']?(https?:)?//|@import""", html)
+    assert "</script><" not in html.split("<script>", 1)[1][:-len("</script>")]  # data cannot close the script early
+
+
+def test_the_serve_command_starts_answers_and_stops_on_ctrl_c(results: Path) -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-m", "lmscope", "serve", str(results), "--tiny", "llama", "--port", "0"],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "lmscope serve exited early"
+            m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+            url = m and m.group(1)
+        assert url, "no URL printed"
+        info = httpx.get(f"{url}/api/info", timeout=30).json()
+        assert info["model"]["model"].startswith("tiny-llama")
+        lens = httpx.post(f"{url}/api/lens", json={"prompt": "the dog"}, timeout=60)
+        assert lens.status_code == 200 and lens.json()["layers"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()

@@ -108,19 +108,20 @@ def _serve_parser(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from lmscope.experiments import open_model
-    from lmscope.serve import serve
-
-    try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise ValueError("lmscope serve needs its web server: pip install 'lmscope[serve]'") from None
     results = Path(args.results)
     if not results.is_dir():
         raise ValueError(f"{results} is not a folder; give the folder your results are in (lmscope commands write --out)")
     if not 0 <= args.port < 65536 or args.timeout <= 0 or args.max_waiting < 0:
         raise ValueError("--port must be 0..65535, --timeout > 0 and --max-waiting >= 0")
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ValueError("lmscope serve needs its web server: pip install 'lmscope[serve]'") from None
+    from lmscope.experiments import open_model
+    from lmscope.serve import serve
+
+    set_threads(args.threads)
     model = None
     if not args.no_model:
         model = open_model(args.model, tiny=args.tiny, device=args.device, dtype=args.dtype, device_map=args.device_map,
@@ -157,7 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "serve", False):
-        set_threads(args.threads)
         try:
             return _serve(args)
         except KeyboardInterrupt:

@@ -108,6 +108,24 @@ class Result:
         b64 = base64.b64encode(png).decode()
         self.sections.append((caption or name, f'<img alt="{html.escape(name)}" src="data:image/png;base64,{b64}">'))
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the explorer's result view (summary, interactive data views, figures, provenance)."""
+        from lmscope.experiments.views import inline, result_view
+
+        doc = self.to_dict()
+        doc["figure_urls"] = [f"data:image/png;base64,{base64.b64encode(self.figures[n]).decode()}" for n in sorted(self.figures)]
+        return inline(result_view(doc))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Result:
+        """A finished experiment's Result from its folder (``result.json`` and its figures), e.g. to display it."""
+        folder = Path(folder)
+        doc = read_result(folder)
+        figures = {n: (folder / f"{n}.png").read_bytes() for n in doc.get("figures") or [] if (folder / f"{n}.png").is_file()}
+        return cls(doc.get("title") or "", summary=doc.get("summary") or {}, data=doc.get("data") or {}, figures=figures,
+                   artifacts=doc.get("artifacts") or {}, command=doc.get("command"), config=doc.get("config"),
+                   identity=doc.get("identity"), provenance=doc.get("provenance"))  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         """The ``result.json`` document."""
         return {"schema": SCHEMA, "command": self.command, "title": self.title, "config": self.config,

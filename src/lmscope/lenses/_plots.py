@@ -52,7 +52,8 @@ def rank_plot(res: LogitLensResult):
     x = list(range(len(res.sites)))
     fig, (a1, a2) = new_figure(1, 2, figsize=(11, 4))
     for r in range(ranks.shape[0]):
-        name = repr(res.decode(int(res.target_ids[r])))
+        prompt = res.prompts[r] if len(res.prompts[r]) <= 36 else "…" + res.prompts[r][-35:]
+        name = f"{prompt!r} → {res.decode(int(res.target_ids[r]))!r}"  # by prompt: many prompts share a target
         a1.plot(x, ranks[r], lw=1, alpha=0.8, label=name)
         a2.plot(x, probs[r], lw=1, alpha=0.8, label=name)
     a1.set_yscale("log")

@@ -220,6 +220,32 @@ class LogitLensResult:
         picked["prompts"] = [self.prompts[i] for i in idx.tolist()]
         return LogitLensResult(**picked)
 
+    def view(self, row: int = 0) -> dict[str, Any]:
+        """One prompt as the explorer's lens grid: layers x real positions, the top-k tokens and their
+        probabilities, entropy, KL to the output, and the target's rank and probability if there is one."""
+        real = self.mask[row].bool()
+        top = self.top_ids[row][:, real]  # (layer, pos, k)
+        doc: dict[str, Any] = {
+            "view": "lens", "lens": self.lens, "model": self.model_id, "prompt": self.prompts[row],
+            "tokens": self.tokens(row), "layers": self.labels(),
+            "top": [[[self.decode(t) for t in cell] for cell in layer] for layer in top.tolist()],
+            "p": self.top_probs[row][:, real].tolist(),
+            "entropy": self.entropy[row][:, real].tolist(), "kl": self.kl_to_final[row][:, real].tolist(),
+            "final": [self.decode(t) for t in self.final_top_ids[row][real][:, 0].tolist()],
+            "target": None, "rank": None, "target_p": None,
+        }  # fmt: skip
+        if self.target_ids is not None and self.target_rank is not None and self.target_prob is not None:
+            doc["target"] = self.decode(int(self.target_ids[row]))
+            doc["rank"] = self.target_rank[row][:, real].tolist()
+            doc["target_p"] = self.target_prob[row][:, real].tolist()
+        return doc
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the explorer's lens grid for the first prompt (hover a cell for its numbers)."""
+        from lmscope.experiments.views import inline
+
+        return inline(self.view(0))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: per prompt, the last token's per-layer stats and the top-1 grid over positions."""
         from lmscope.lenses._plots import result_dict

@@ -61,6 +61,8 @@ def start(results: str, model: Any = None, *, host: str = "127.0.0.1", port: int
     """Serve in a background thread (``port=0``: any free port); returns its URL and a ``stop()``."""
     import uvicorn
 
+    if not 0 <= port < 65536:
+        raise ValueError(f"port {port} is not 0..65535")
     server = uvicorn.Server(_config(results, model, host, port, timeout, max_waiting))
     thread = threading.Thread(target=server.run, name="lmscope-serve", daemon=True)
     thread.start()
@@ -75,14 +77,19 @@ def start(results: str, model: Any = None, *, host: str = "127.0.0.1", port: int
 
 def serve(results: str, model: Any = None, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, timeout: float = 120.0,
           max_waiting: int = 4) -> None:  # fmt: skip
-    """Serve in the foreground until interrupted."""
-    import uvicorn
-
+    """Serve in the foreground until Ctrl-C (``port=0``: any free port; the line printed says which)."""
     if not _loopback(host):
         print(f"lmscope serve: listening on {host}, reachable from other machines: anyone who can reach it can run "
               "the model and read every file under the results folder", file=sys.stderr)  # fmt: skip
-    print(f"lmscope explorer on http://{host}:{port} (results {results}); Ctrl-C stops it", file=sys.stderr)
-    uvicorn.Server(_config(results, model, host, port, timeout, max_waiting)).run()
+    running = start(results, model, host=host, port=port, timeout=timeout, max_waiting=max_waiting)
+    print(f"lmscope explorer on {running.url} (results {results}); Ctrl-C stops it", file=sys.stderr, flush=True)
+    try:
+        while running.thread.is_alive():
+            running.thread.join(0.5)
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr)
+    finally:
+        running.stop()
 
 
 __all__ = ["DEFAULT_PORT", "Running", "serve", "start"]

@@ -113,7 +113,8 @@ def make_app(results: str, model: Any = None, *, timeout: float = 120.0, max_wai
     def static_file(name: str) -> Response:
         if name not in STATIC:
             return _error(404, "no such file")
-        text = resources.files("lmscope.serve").joinpath(f"static/{name}").read_bytes()
+        package = "lmscope.experiments" if name.startswith("views.") else "lmscope.serve"  # the views are shared with notebooks
+        text = resources.files(package).joinpath(f"static/{name}").read_bytes()
         return Response(text, media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
 
     async def static(request: Request) -> Response:

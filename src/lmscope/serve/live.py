@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from lmscope.experiments.views import attention_view
 from lmscope.serve.files import Root
-from lmscope.serve.views import attention_view, lens_view
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -109,7 +109,7 @@ class Live:
             res = lens.lens(self.model, prompt, target, k=k)
         else:
             res = logit_lens(self.model, prompt, target, k=k)
-        return lens_view(res)
+        return res.view()
 
     # ---- attention -----------------------------------------------------------------------------
     def attention(self, prompt: Any, layer: Any) -> dict[str, Any]:

@@ -41,11 +41,12 @@
     const out = clear($("results-list")); clear($("result-page"));
     const rows = await call("/api/results").catch((e) => { error(e.message); return []; });
     if (!rows.length) { out.append(el("p", { text: "no results under this folder yet: run an lmscope command with --out inside it" })); return; }
-    const t = el("table", { class: "results" }, [el("tr", {}, ["result", "command", "title", "identity", "verdict", "key numbers"].map((h) => el("th", { text: h })))]);
+    const t = el("table", { class: "results" }, [el("tr", {}, ["result", "command", "title", "model", "identity", "verdict", "key numbers"].map((h) => el("th", { text: h })))]);
     for (const r of rows) {
       const nums = Object.entries(r.summary || {}).map(([k, v]) => `${k}: ${V.fmt(v)}`).join("; ");
       t.append(el("tr", { "data-path": r.path }, [el("td", {}, [el("a", { href: `#results/${encodeURIComponent(r.path)}`, text: r.path })]),
-        el("td", { text: r.command || "" }), el("td", { text: r.error || r.title || "" }), el("td", { text: (r.identity || "").slice(0, 16) }),
+        el("td", { text: r.command || "" }), el("td", { text: r.error || r.title || "" }), el("td", { text: (r.provenance && r.provenance.model_id) || "" }),
+        el("td", { text: (r.identity || "").slice(0, 16) }),
         el("td", { text: r.verdict || "" }), el("td", { text: nums })]));
     }
     out.append(t);
@@ -68,9 +69,12 @@
     const out = $("lens-out");
     busy($("lens-run"), out, async () => {
       const doc = await call("/api/lens", { prompt: $("lens-prompt").value, target: $("lens-target").value || null, tuned: $("lens-kind").value || null });
-      V.lens(clear(out), doc);
+      lensDoc = doc;
+      V.lens(clear(out), doc, $("lens-colour").value);
     });
   });
+  let lensDoc = null;
+  $("lens-colour").addEventListener("change", () => { if (lensDoc) V.lens(clear($("lens-out")), lensDoc, $("lens-colour").value); });
 
   // ---- attention ---------------------------------------------------------------------------------
   let attnDoc = null;

@@ -70,7 +70,7 @@
   // ---- lens: layers x positions, top-1 token per cell ---------------------------------------
   function lens(root, doc, mode) {
     tooltip();
-    const colourBy = mode || (doc.target ? "target" : "top1");
+    const colourBy = doc.target && mode !== "top1" ? "target" : "top1";
     const wrap = el("div", { class: "lens-view" });
     wrap.append(el("p", { class: "meta", text: `${doc.lens} lens · ${doc.model} · ${doc.tokens.length} tokens · ${doc.layers.length} layers` +
       (doc.target ? ` · target ${show(doc.target)} (colour: ${colourBy === "target" ? "target probability" : "top-1 probability"})` : " · colour: top-1 probability") }));
@@ -234,6 +234,11 @@
       dot.setAttribute("fill", n.startsWith("a") && !n.startsWith("attn") ? "#d44" : n.startsWith("mlp") && !/\.in$/.test(n) ? "#3a3" : "#888");
       dot.setAttribute("class", "node"); dot.setAttribute("data-node", n); dot.setAttribute("data-tip", n);
       svg.append(dot);
+      if (!/\.in$/.test(n)) {
+        const lab = document.createElementNS(ns, "text");
+        lab.setAttribute("x", cx + 8); lab.setAttribute("y", cy - 6); lab.setAttribute("font-size", 9); lab.textContent = n;
+        svg.append(lab);
+      }
     }
     root.append(el("p", { class: "meta", text: `${c.nodes.length} nodes, ${c.edges} edges of ${c.edges_total} (heads red, MLPs green, readers grey; hover for scores)` }), svg);
     return svg;
