@@ -183,6 +183,14 @@ def test_dashboards_are_written_with_a_searchable_index(tiny_llama: ls.Model, tm
     assert "oninput" in index and all(f"latent_{i}.html" in index for i in live)
     page = (folder / f"latent_{live[0]}.html").read_text()
     assert "Top activating contexts" in page and "class='pk'" in page
+    import re
+
+    from lmscope.saes.features import sample_codes
+
+    z = sample_codes(sae, st)[:, live[0]]
+    counts = [int(c) for c in re.findall(r"<title>[^<]*: (\d+)</title>", page)]
+    assert sum(counts) == int((z > 0).sum()) and len(counts) == 24  # the histogram counts every active token once
+    assert page.count("<div style='background:#3a3") == 10  # ten promoted-token bars
 
 
 def test_clamp_sets_the_latent_and_mention_rate_counts_whole_words(tiny_llama: ls.Model) -> None:

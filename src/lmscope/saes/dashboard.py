@@ -1,7 +1,7 @@
 """Static HTML feature dashboards: one page per latent and an index searchable by token.
 
-Each latent page shows its density, activation quantiles, the tokens its decoder direction
-promotes and suppresses, its top activating contexts (each token shaded by the latent's
+Each latent page shows its density, activation quantiles, a histogram of its non-zero
+activations, bars of the tokens its decoder direction promotes and suppresses, its top activating contexts (each token shaded by the latent's
 activation, the peak token boxed) and examples from a lower activation band. The index lists
 every written latent with its most frequent top-activating tokens and promoted tokens; a search
 box filters it by token. No server, no JavaScript library: open ``index.html`` in a browser.
@@ -42,8 +42,33 @@ def _shade(ctx: Context) -> str:
     return f"<div class='ctx'><b>{ctx.value:.3g}</b> {''.join(spans)}</div>"
 
 
-def _tokens(items: list[tuple[str, float]]) -> str:
-    return ", ".join(f"<code>{html.escape(repr(t))}</code> {v:+.2f}" for t, v in items)
+def _histogram(values: list[float], zeros: int, bins: int = 24, width: int = 360, height: int = 80) -> str:
+    """Inline SVG: the histogram of a latent's non-zero activations (hover a bar for its range and count)."""
+    if not values:
+        return "<p>never active on these tokens</p>"
+    hi = max(values)
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, int(bins * v / hi)) if hi > 0 else 0] += 1
+    top = max(counts)
+    bars = "".join(
+        f"<rect x='{i * width / bins:.1f}' y='{height - height * c / top:.1f}' width='{width / bins - 1:.1f}' "
+        f"height='{height * c / top:.1f}' fill='#f80'><title>{i * hi / bins:.3g}..{(i + 1) * hi / bins:.3g}: {c}</title></rect>"
+        for i, c in enumerate(counts)
+    )
+    return (f"<svg width='{width}' height='{height + 16}' role='img' aria-label='activation histogram'>{bars}"
+            f"<text x='0' y='{height + 13}' font-size='11'>0 … {hi:.3g} ({len(values)} active, {zeros} at zero not drawn)</text></svg>")  # fmt: skip
+
+
+def _effect_bars(items: list[tuple[str, float]], colour: str) -> str:
+    """Inline bars: each token's logit effect, scaled to the largest."""
+    peak = max((abs(v) for _, v in items), default=1.0) or 1.0
+    rows = "".join(
+        f"<tr><td><code>{html.escape(repr(t))}</code></td><td><div style='background:{colour};height:10px;"
+        f"width:{120 * abs(v) / peak:.0f}px'></div></td><td>{v:+.2f}</td></tr>"
+        for t, v in items
+    )
+    return f"<table class='bars'>{rows}</table>"
 
 
 def latent_summary(sae: SAE, stats: LatentStats, latent: int, *, tokenizer, n_top: int = 10) -> dict:
@@ -80,8 +105,11 @@ def write_dashboards(model: Model, sae: SAE, stats: LatentStats, folder: str | P
             f"<p>density {s['density']:.4%} · max {s['max']:.3g} · hook {html.escape(sae.cfg.hook_name)}</p>",
             "<table><tr>" + "".join(f"<th>q{q_}</th>" for q_ in QUANTILES) + "</tr><tr>"
             + "".join(f"<td>{float(v):.3g}</td>" for v in q) + "</tr></table>",
-            f"<h2>Promoted tokens</h2><p>{_tokens(effects[lat]['promoted'])}</p>",
-            f"<h2>Suppressed tokens</h2><p>{_tokens(effects[lat]['suppressed'])}</p>",
+            "<h2>Activation histogram</h2>",
+            _histogram(codes[:, lat][codes[:, lat] > 0].tolist(), int((codes[:, lat] <= 0).sum())),
+            "<h2>Logit effects</h2><div style='display:flex;gap:2em'><div><h3>promoted</h3>",
+            _effect_bars(effects[lat]["promoted"], "#3a3"), "</div><div><h3>suppressed</h3>",
+            _effect_bars(effects[lat]["suppressed"], "#c44"), "</div></div>",
             "<h2>Top activating contexts</h2>",
             *[_shade(c) for c in top_contexts(sae, stats, lat, tokenizer=model.tokenizer, n=n_top)],
             "<h2>Examples between the 25% and 75% quantiles</h2>",

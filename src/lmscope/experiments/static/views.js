@@ -160,9 +160,14 @@
       el("p", { class: "meta", text: `${doc.hook} · density ${fmt(100 * doc.density)}% of ${doc.tokens_seen} held-out tokens · max ${fmt(doc.max)}` }));
     wrap.append(el("h4", { text: "Activation histogram (non-zero)" }));
     bars(wrap, doc.histogram);
-    const list = (title, items) => el("div", { class: "effects" }, [el("h4", { text: title }),
-      el("p", {}, items.map(([t, v]) => el("span", { class: "pill", "data-tip": fmt(v, 4), text: show(t) })))]);
-    wrap.append(list("Promoted tokens (logit effect)", doc.promoted), list("Suppressed tokens", doc.suppressed));
+    const peak = Math.max(1e-12, ...doc.promoted.concat(doc.suppressed).map(([, v]) => Math.abs(v)));
+    const list = (title, items, colour) => el("div", { class: "effects" }, [el("h4", { text: title }),
+      el("table", { class: "bars" }, items.map(([t, v]) => el("tr", { "data-tip": `${show(t)}: logit effect ${fmt(v, 4)}` }, [
+        el("td", { class: "pill", text: show(t) }),
+        el("td", {}, [el("div", { class: "bar", style: `width:${Math.round((140 * Math.abs(v)) / peak)}px;background:${colour}` })]),
+        el("td", { text: fmt(v, 3) })])))]);
+    wrap.append(el("div", { class: "pair" }, [list("Promoted tokens (logit effect)", doc.promoted, "#3a3"),
+      list("Suppressed tokens", doc.suppressed, "#c44")]));
     wrap.append(el("h4", { text: "Nearest latents (decoder cosine)" }), el("p", {}, doc.neighbours.map((n) =>
       el("a", { href: "#", class: "pill neighbour", "data-latent": n.latent, onclick: (e) => { e.preventDefault(); if (onLatent) onLatent(n.latent); },
         text: `${n.latent} (${fmt(n.cosine, 2)})` }))));
