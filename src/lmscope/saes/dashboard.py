@@ -1,7 +1,7 @@
 """Static HTML feature dashboards: one page per latent and an index searchable by token.
 
 Each latent page shows its density, activation quantiles, a histogram of its non-zero
-activations, bars of the tokens its decoder direction promotes and suppresses, its top activating contexts (each token shaded by the latent's
+activations, bars of the tokens its decoder direction promotes and suppresses, its top contexts (each token shaded by the latent's
 activation, the peak token boxed) and examples from a lower activation band. The index lists
 every written latent with its most frequent top-activating tokens and promoted tokens; a search
 box filters it by token. No server, no JavaScript library: open ``index.html`` in a browser.
@@ -56,8 +56,9 @@ def _histogram(values: list[float], zeros: int, bins: int = 24, width: int = 360
         f"height='{height * c / top:.1f}' fill='#f80'><title>{i * hi / bins:.3g}..{(i + 1) * hi / bins:.3g}: {c}</title></rect>"
         for i, c in enumerate(counts)
     )
+    label = f"0 … {hi:.3g} ({len(values)} active, {zeros} at zero not drawn)"
     return (f"<svg width='{width}' height='{height + 16}' role='img' aria-label='activation histogram'>{bars}"
-            f"<text x='0' y='{height + 13}' font-size='11'>0 … {hi:.3g} ({len(values)} active, {zeros} at zero not drawn)</text></svg>")  # fmt: skip
+            f"<text x='0' y='{height + 13}' font-size='11'>{label}</text></svg>")  # fmt: skip
 
 
 def _effect_bars(items: list[tuple[str, float]], colour: str) -> str:
