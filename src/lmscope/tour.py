@@ -31,7 +31,7 @@ from lmscope.introspection.experiments import Introspect
 from lmscope.lenses.experiments import LogitLens, MultiHop, Patchscope
 from lmscope.neurons.experiments import NeuronsAblate
 from lmscope.relations.experiments import LRE
-from lmscope.steering.experiments import SteerExtract, SteerSweep
+from lmscope.steering.experiments import SteerExtract, SteerOrganism, SteerSweep
 
 Measure = Callable[[dict[str, Any]], float]
 """The number that tests a finding, from the last step's ``summary``."""
@@ -97,6 +97,13 @@ STOPS: tuple[Stop, ...] = (
                                strength=(2.0, 4.0), n_prompts=4, max_new_tokens=16, n_capability=4))),
          lambda s: float("nan") if s["best"] is None else s["best"] - s["baseline"],
          "sentiment of the best cell minus the baseline (within 2x perplexity)", 0.3, 0.1),
+    Stop("refusal-organism", "Refusal is mediated by one direction: adding it makes harmless requests refused, "
+         "removing it makes harmful ones answered.",
+         "adding induces refusal, ablation removes it, across 13 chat models (Arditi et al. 2024)",
+         (("organism", SteerOrganism()),),
+         lambda s: min(s["add_harmless_refused"] - s["add_control"], s["subtract_harmful_answered"] - s["subtract_control"]),
+         "the smaller of two effects beyond their random controls (add: harmless refused; subtract: harmful answered)",
+         0.5, 0.2),
     Stop("introspection", "Injected concepts steer text (Golden Gate); reporting them is much harder.",
          "~20% identification at 0 false positives (Lindsey 2025, Claude Opus 4.1)",
          (("grid", Introspect(layers=(10,), strength=(0.5,), n_concepts=3, trials=4, read="word", golden_gate=True,

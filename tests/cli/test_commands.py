@@ -52,6 +52,7 @@ RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sae dashboard", ("--sae", "{w}/sae-train/sae", "--windows", "4", "--n-latents", "3")),
     ("sae steer", ("--sae", "{w}/sae-train/sae", "--latent", "0", "--words", "hello", "--prompt", "hi", "--strength", "0",
                    "4", "--max-new-tokens", "3")),
+    ("steer organism", ("--steps", "2", "--layers", "1", "--strength", "2", "--n-random", "1", "--max-new-tokens", "3")),
     ("sae compare", ("--site", SITE, "--d-sae", "32", "--k", "4", "--tokens", "512", "--batch", "64", "--store",
                      "{w}/harvest/store", "--archs", "topk", "standard", "--windows", "2", "--seq-len", "16")),
     ("patch", ("--pairs", "{w}/pairs.jsonl", "--no-only-correct", "--max-examples", "2", "--variants", "layers",

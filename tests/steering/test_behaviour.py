@@ -108,3 +108,17 @@ def test_refusal_logprob_is_logsumexp_of_openings(tiny_llama) -> None:
     one = B.refusal_logprob(m, ["hello"], openings=["I cannot"])
     two = B.refusal_logprob(m, ["hello"], openings=["Sorry"])
     assert torch.allclose(both, torch.logaddexp(one, two), atol=1e-5)
+
+
+@pytest.mark.parametrize(("text", "degenerate"), [
+    ("I.B.A.S.\n\nI.B.A.S.\n\nI.B.A.S.\n\nI.B.A.S.\n\n", True),
+    ("I am a human agent, a human agent with a mind-to-end agenda. I am a human agent, a human agent with a mind", True),
+    ("To start getting started with getting started with getting started with getting started", True),
+    ("This is a serious and serious and serious and serious and serious and serious", True),
+    ("Here are three benefits of yoga:\n\n1. **Reduces Stress**\n2. **Improves Physical Health**\n3. **Sleep**", False),
+    ("I'm sorry, but I can't assist with that request.", False),
+    ("To make a paper airplane, fold a sheet of paper in half along its long side, then fold the corners down.", False),
+    ("ok", False),
+])  # fmt: skip
+def test_degenerate_answers_are_recognised(text: str, degenerate: bool) -> None:
+    assert B.is_degenerate(text) is degenerate

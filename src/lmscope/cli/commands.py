@@ -12,13 +12,13 @@ from lmscope.relations.experiments import LRE
 from lmscope.saes.compare import SAECompare
 from lmscope.saes.experiments import SAEDashboard, SAEEval, SAESteer, SAETrain
 from lmscope.sparse.experiments import SparseBridge, SparsePrune, SparseTrain
-from lmscope.steering.experiments import SteerApply, SteerExport, SteerExtract, SteerSweep
+from lmscope.steering.experiments import SteerApply, SteerExport, SteerExtract, SteerOrganism, SteerSweep
 from lmscope.tour import Tour
 
 COMMANDS = (
     Info, Harvest,
     LogitLens, TunedLensTrain, TunedLensCompare, Patchscope, MultiHop,
-    SteerExtract, SteerApply, SteerSweep, SteerExport,
+    SteerExtract, SteerApply, SteerSweep, SteerExport, SteerOrganism,
     Introspect,
     ICLVectors, ICLAlgebra, ICLRank1, ICLTrajectory,
     NeuronsRecord, NeuronsTop, NeuronsCorrelate, NeuronsAblate, NeuronsScale,

@@ -209,3 +209,26 @@ def peek_kind(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, Any]]
         return str(header["kind"]), dict(header.get("meta") or {})
     except (OSError, ValueError, KeyError, TypeError):
         return None, {}
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
+    """An optimizer's state as flat tensors ``opt.<param>.<name>`` (safetensors stores no 0-d tensor, so
+    scalars become shape (1,)) and its param groups (JSON), for a checkpoint without pickle."""
+    state = opt.state_dict()
+    tensors = {}
+    for pid, st in state["state"].items():
+        for name, value in st.items():
+            t = torch.as_tensor(value)
+            tensors[f"opt.{pid}.{name}"] = t.reshape(1) if t.dim() == 0 else t
+    return tensors, state["param_groups"]
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: Mapping[str, Tensor],
+                           param_groups: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
+    """Restore what :func:`optimizer_tensors` wrote (Adam's ``step`` back to a scalar); other keys are ignored."""
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value.reshape(()) if name == "step" else value
+    opt.load_state_dict({"state": state, "param_groups": param_groups or opt.state_dict()["param_groups"]})

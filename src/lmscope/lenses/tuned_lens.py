@@ -53,7 +53,13 @@ from lmscope.core.model import Model
 from lmscope.core.sites import Site
 from lmscope.data.corpus import describe_corpus, token_chunks
 from lmscope.experiments import Identity, check_resume, identity
-from lmscope.experiments.artifacts import Provenance, load_artifact, save_artifact
+from lmscope.experiments.artifacts import (
+    Provenance,
+    load_artifact,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    save_artifact,
+)
 from lmscope.lenses.logit_lens import LogitLensResult, Targets, logit_lens
 
 KIND = "tuned_lens"
@@ -218,11 +224,7 @@ def _lr(step: int, cfg: TunedLensConfig) -> float:
 
 def _save_checkpoint(path: Path, lens: TunedLens, opt: torch.optim.Optimizer, step: int, cfg: TunedLensConfig,
                      losses: list[float], model: Model) -> None:  # fmt: skip
-    tensors = {"weight": lens.weight, "bias": lens.bias}
-    for i, state in opt.state_dict()["state"].items():
-        for key, value in state.items():
-            t = torch.as_tensor(value)
-            tensors[f"opt.{i}.{key}"] = t.reshape(1) if t.dim() == 0 else t  # safetensors stores no 0-d tensors
+    tensors = {"weight": lens.weight, "bias": lens.bias, **optimizer_tensors(opt)[0]}
     meta = {"step": step, "config": _config_json(cfg), "losses": losses, "identity": _identity(model, cfg).to_dict()}
     save_artifact(path, "tuned_lens_checkpoint", tensors, meta=meta, provenance=Provenance.of(model, site="resid_post"))
 
@@ -243,12 +245,7 @@ def _load_checkpoint(path: Path, lens: TunedLens, opt: torch.optim.Optimizer, cf
     art = load_artifact(path, "tuned_lens_checkpoint")
     check_resume(art.meta.get("identity"), _identity(model, cfg), path)
     lens._set(art.tensors["weight"], art.tensors["bias"])
-    state: dict[int, dict[str, Tensor]] = {}
-    for name, t in art.tensors.items():
-        if name.startswith("opt."):
-            _, i, key = name.split(".", 2)
-            state.setdefault(int(i), {})[key] = t.reshape(()) if key == "step" else t
-    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+    load_optimizer_tensors(opt, art.tensors)
     return int(art.meta["step"]), list(art.meta["losses"])
 
 

@@ -41,7 +41,13 @@ import torch
 from torch import Tensor
 
 from lmscope.experiments import Identity, check_resume, distributed, identity
-from lmscope.experiments.artifacts import Provenance, load_artifact, save_artifact
+from lmscope.experiments.artifacts import (
+    Provenance,
+    load_artifact,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    save_artifact,
+)
 from lmscope.saes.sae import SAE, SAEConfig
 from lmscope.saes.sources import ActivationSource
 
@@ -135,14 +141,11 @@ def training_identity(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainCo
 def save_checkpoint(folder: Path, sae: SAE, opt: torch.optim.Optimizer, step: int, log: list[dict[str, float]],
                     train_cfg: TrainConfig, work: Identity) -> Path:  # fmt: skip
     """Write weights, optimizer moments, RNG state and step atomically (safetensors + JSON, no pickle)."""
-    tensors: dict[str, Tensor] = {f"sae.{k}": v for k, v in sae.state_dict().items()}
-    state = opt.state_dict()
-    for pid, st in state["state"].items():
-        for name, value in st.items():
-            tensors[f"opt.{pid}.{name}"] = value if isinstance(value, Tensor) else torch.tensor(value)
+    opt_tensors, groups = optimizer_tensors(opt)
+    tensors: dict[str, Tensor] = {**{f"sae.{k}": v for k, v in sae.state_dict().items()}, **opt_tensors}
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {"step": step, "sae_config": sae.cfg.to_dict(), "train_config": asdict(train_cfg),
-            "param_groups": state["param_groups"], "log": log, "identity": work.to_dict()}  # fmt: skip
+            "param_groups": groups, "log": log, "identity": work.to_dict()}  # fmt: skip
     return save_artifact(_checkpoint_path(folder), "sae_checkpoint", tensors, meta=meta, provenance=Provenance.of())
 
 
@@ -153,12 +156,7 @@ def _load_checkpoint(folder: Path, sae: SAE, opt: torch.optim.Optimizer,
     saved = SAEConfig(**art.meta["sae_config"])
     sae.cfg.scaling_factor = saved.scaling_factor
     sae.load_state_dict({k[4:]: v for k, v in art.tensors.items() if k.startswith("sae.")})
-    opt_state: dict[int, dict[str, Tensor]] = {}
-    for key, value in art.tensors.items():
-        if key.startswith("opt."):
-            _, pid, name = key.split(".", 2)
-            opt_state.setdefault(int(pid), {})[name] = value
-    opt.load_state_dict({"state": opt_state, "param_groups": art.meta["param_groups"]})
+    load_optimizer_tensors(opt, art.tensors, art.meta["param_groups"])
     torch.set_rng_state(art.tensors["rng.torch"])
     return int(art.meta["step"]), list(art.meta["log"])
 

@@ -25,6 +25,8 @@ All of them respect any intervention active around the call, which is how a swee
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,6 +57,22 @@ def is_refusal(text: str) -> bool:
     """True when ``text`` contains a refusal phrase (case-insensitive)."""
     low = normalize_quotes(text).lower()
     return any(p in low for p in REFUSAL_PHRASES)
+
+
+def is_degenerate(text: str) -> bool:
+    """True when an answer has collapsed into repetition: half its lines are one line (3+ lines), or among
+    its first 40 words the commonest word bigram takes a quarter of the bigrams or more, or fewer than half
+    the words are distinct (8+ words), or it is mostly not letters. Short answers ("I can't.") are not."""
+    lines = [ln.strip() for ln in text.lower().splitlines() if ln.strip()]
+    if len(lines) >= 3 and max(Counter(lines).values()) / len(lines) >= 0.5:
+        return True  # the same line over and over
+    words = re.findall(r"\S+", text.lower())[:40]
+    if len(words) < 8:
+        return False
+    grams = list(zip(words, words[1:], strict=False))
+    top = max(Counter(grams).values())
+    letters = sum(c.isalpha() for c in text) / max(1, len(text.strip()))
+    return top / len(grams) >= 0.25 or len(set(words)) / len(words) < 0.5 or letters < 0.5
 
 
 def refusal_rate(texts: Sequence[str]) -> float:
@@ -89,11 +107,9 @@ def completion_logprobs(model: Model, examples: Sequence[Example], *, chat: bool
 def refusal_logprob(model: Model, prompts: Sequence[str], *, chat: bool = True,
                     openings: Sequence[str] = REFUSAL_OPENINGS) -> Tensor:  # fmt: skip
     """(n,) log of the probability that the answer to each prompt starts with one of ``openings``."""
-    per = []
-    for opening in openings:
-        comp = opening if chat else " " + opening
-        per.append(completion_logprobs(model, [Example(p, comp) for p in prompts], chat=chat))
-    return torch.logsumexp(torch.stack(per), 0)
+    comps = [o if chat else " " + o for o in openings]
+    every = completion_logprobs(model, [Example(p, c) for c in comps for p in prompts], chat=chat, batch_size=32)
+    return torch.logsumexp(every.reshape(len(comps), len(prompts)), 0)  # one pass over every (opening, prompt)
 
 
 def sentiment_scores(texts: Sequence[str]) -> list[float]:

@@ -242,3 +242,79 @@ class SteerExport(Experiment):
         page.artifacts["control_vector"] = path.name
         page.say(f"wrote {path}: direction.N for layers {layers} (strength {self.strength}); llama.cpp: --control-vector {path}")
         return page
+
+
+@dataclass(frozen=True)
+class SteerOrganism(Experiment):
+    """A refusal model organism, and the refusal-direction experiment on it (Arditi et al. 2024).
+
+    The bundled model refuses almost nothing, so this trains one that does: a LoRA (rank 8, attention
+    output and MLP down projections of every layer) that refuses the harmful training requests and
+    keeps the model's own answers to harmless ones. Then, on the organism: the refusal direction's
+    separability by layer; the layer and scale chosen on dev prompts for adding it (harmless requests
+    refused), subtracting it and ablating it (harmful requests answered); each reported on held-back
+    test prompts beside an equal-size random control, with intervals and a verdict. Training
+    checkpoints and resumes; the adapter is saved with its provenance.
+
+    lmscope steer organism
+    lmscope steer organism --steps 8 --layers 12 15 --strength 2 --n-random 1
+    """
+
+    command = "steer organism"
+    about = "train a model that refuses (LoRA), then add, subtract and ablate its refusal direction with controls"
+    steps: int = param(48, "LoRA training steps (8 examples each)")
+    rank: int = param(8, "LoRA rank")
+    lr: float = param(2e-3, "LoRA learning rate (AdamW)")
+    layers: Layers = param(None, "candidate layers for the direction (default: every third from 1/5 to 2/3 of the depth)")
+    strength: Strengths = param((1.0, 2.0, 4.0), "multiples of the mean difference to add or subtract")
+    max_new_tokens: int = param(24, "tokens generated per judged answer")
+    n_random: int = param(2, "random controls per intervention")
+    max_perplexity_ratio: float = param(1.5, "dev choices keep neutral-text perplexity within this factor")
+    seed: int = param(0, "LoRA initialisation, batch order and random controls")
+    save_model: bool = param(False, "also write the merged organism as a Hugging Face folder (model/) for other commands")
+
+    def _configs(self) -> Any:
+        from lmscope.steering.organism import OrganismConfig
+        from lmscope.steering.refusal import RefusalConfig
+
+        org = OrganismConfig(rank=self.rank, lr=self.lr, steps=self.steps, seed=self.seed)
+        ref = RefusalConfig(layers=tuple(self.layers) if self.layers else None, scales=tuple(self.strength),
+                            max_new_tokens=self.max_new_tokens, n_random=self.n_random,
+                            max_perplexity_ratio=self.max_perplexity_ratio, seed=self.seed)  # fmt: skip
+        return org, ref
+
+    def check(self) -> None:
+        if not self.strength or any(s <= 0 for s in self.strength):
+            raise ValueError("--strength must be positive multiples (subtraction uses their negatives)")
+        if self.n_random < 1:
+            raise ValueError("--n-random must be >= 1: every effect is reported beside its control")
+        self._configs()
+
+    def inputs(self) -> Any:
+        from lmscope.steering.organism import organism_data
+
+        return organism_data()
+
+    def run(self, model: Any, ctx: Context) -> Result:
+        from lmscope.experiments.artifacts import atomic_write_json
+        from lmscope.steering.organism import train_organism
+        from lmscope.steering.refusal import refusal_page, run_refusal
+
+        org_cfg, ref_cfg = self._configs()
+        out = ctx.folder()
+        log = None if ctx.quiet else ctx.log
+        organism = train_organism(model, org_cfg, out_dir=out / "organism", progress=log)
+        organism.lora.save(out / "adapter.safetensors", model, meta={"config": self.config(), "data": "refusal/organism.json"})
+        data = run_refusal(model, organism.lora, ref_cfg, log=log)
+        data["training"] = {"loss": organism.log, "examples": organism.examples, "seconds": organism.seconds,
+                            "resumed_from_step": organism.resumed_from}  # fmt: skip
+        atomic_write_json(out / "refusal.json", data)  # kept even if drawing the page fails
+        page = refusal_page(data)
+        page.artifacts["measurements"] = "refusal.json"
+        page.artifacts["adapter"] = "adapter.safetensors"
+        if self.save_model:
+            with organism.lora.merged(model):
+                model.hf.save_pretrained(out / "model", safe_serialization=True)
+                model.tokenizer.save_pretrained(out / "model")
+            page.artifacts["model"] = "model"
+        return page
