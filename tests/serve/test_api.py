@@ -283,3 +283,18 @@ def test_concurrent_clients_get_the_answers_they_would_get_alone(server, tiny_ll
         t.join()
     for p in prompts:  # a steering job running alongside never leaks into a lens request
         assert torch.tensor(got[p]) == pytest.approx(torch.tensor(alone[p]), abs=1e-6)
+
+
+def test_patching_answers_what_the_patching_engine_returns(server, tiny_llama: ls.Model) -> None:
+    from lmscope.circuits.patching import resid_by_layer_pos
+    from lmscope.circuits.tasks import TaskPairs
+
+    client, _ = server
+    body = {"clean": "the dog saw the", "corrupt": "the a saw the", "answer": " dog", "wrong": " a", "stride": 1}
+    doc = post(client, "/api/patch", body).json()
+    task = TaskPairs("t", [body["clean"]], [body["corrupt"]], [[tiny_llama.token_id(" dog")]], [[tiny_llama.token_id(" a")]])
+    ref = resid_by_layer_pos(tiny_llama, task)
+    assert doc["rows"] == [f"L{r}" for r in ref.rows] and doc["cols"] == ref.cols
+    torch.testing.assert_close(torch.tensor(doc["values"]), ref.values.float(), atol=1e-6, rtol=0)
+    bad = post(client, "/api/patch", {**body, "corrupt": "the a saw the the"})
+    assert bad.status_code == 400 and "same length" in bad.json()["error"]

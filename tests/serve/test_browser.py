@@ -272,3 +272,24 @@ def test_results_render_themselves_in_a_notebook(page, results: Path, smollm: ls
     assert [u for u in requests if not u.startswith(("data:", "about:"))] == []
     context.close()
     assert not errors
+
+
+def test_patching_panel_equals_the_patching_engine(page, smollm: ls.Model) -> None:
+    from lmscope.circuits.patching import resid_by_layer_pos
+    from lmscope.circuits.tasks import TaskPairs
+
+    pg, errors = page
+    tab(pg, "patching")
+    pg.fill("#patch-stride", "6")
+    pg.click("#patch-run")
+    pg.wait_for_selector("table.patch.live td.cell")
+    got = pg.eval_on_selector_all("table.patch.live td.cell", "cs => cs.map(c => +c.dataset.value)")
+    clean = "When Mary and John went to the store, John gave a drink to"
+    corrupt = "When Mary and John went to the store, Mary gave a drink to"
+    task = TaskPairs("t", [clean], [corrupt], [[smollm.token_id(" Mary")]], [[smollm.token_id(" John")]])
+    ref = resid_by_layer_pos(smollm, task, layers=list(range(0, smollm.shape.n_layers, 6)))
+    torch.testing.assert_close(torch.tensor(got), ref.values.flatten().float(), atol=1e-5, rtol=0)
+    pg.hover("table.patch.live td.cell >> nth=0")
+    assert "restored" in pg.inner_text("#lmscope-tip")
+    pg.screenshot(path=str(SHOTS / "patching.png"), full_page=True)
+    assert not errors

@@ -3,7 +3,7 @@
 Routes (all JSON unless said): ``GET /`` the page; ``/static/<file>`` the page's own files (from
 the package, never a CDN); ``/api/info``, ``/api/queue``, ``/api/results``,
 ``/api/result?path=``, ``/api/artifacts``; ``/files/<path>`` a file under the results folder;
-``POST /api/lens``, ``/api/attention``, ``/api/patchscope``, ``/api/sae/fires``,
+``POST /api/lens``, ``/api/attention``, ``/api/patchscope``, ``/api/patch``, ``/api/sae/fires``,
 ``/api/sae/latent`` (model jobs) and ``/api/steer`` (a model job streamed as server-sent events).
 
 Guards: the server binds 127.0.0.1 unless told otherwise; a request whose ``Host`` is not the
@@ -213,6 +213,7 @@ def make_app(results: str, model: Any = None, *, timeout: float = 120.0, max_wai
               methods=["POST"]),
         Route("/api/sae/latent", guarded(model_route("sae latent", lambda lv, a: lv.sae_latent(a.get("sae"), a.get("latent")))),
               methods=["POST"]),
+        Route("/api/patch", guarded(model_route("patch", lambda lv, a: lv.patch(a))), methods=["POST"]),
         Route("/api/steer", guarded(api_steer), methods=["POST"]),
     ]  # fmt: skip
     @contextlib.asynccontextmanager

@@ -197,6 +197,30 @@ class Live:
         sweep = preset_sweep(self.model, preset, prompt, source_layers=layers, max_new_tokens=max_new_tokens)
         return {"view": "patchscope", "preset": preset, "target_prompt": PRESETS[preset], **sweep.to_dict()}
 
+    # ---- activation patching ---------------------------------------------------------------------
+    def patch(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Residual-stream patching (clean into corrupt) of every chosen layer x position: 1 = clean restored."""
+        from lmscope.circuits.patching import resid_by_layer_pos
+        from lmscope.circuits.tasks import TaskPairs
+
+        clean, corrupt = self._prompt(body.get("clean")), self._prompt(body.get("corrupt"))
+        answer, wrong = body.get("answer"), body.get("wrong")
+        if not isinstance(answer, str) or not isinstance(wrong, str):
+            raise ValueError("give the answer and the wrong token, each one token (e.g. ' Mary' and ' John')")
+        n_clean, n_corrupt = (len(self.model.tokenize(p).input_ids[0]) for p in (clean, corrupt))
+        if n_clean != n_corrupt:
+            raise ValueError(f"the clean prompt is {n_clean} tokens and the corrupt one {n_corrupt}: patching needs "
+                             "the same length, position by position")  # fmt: skip
+        stride = body.get("stride", 1)
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise ValueError("stride must be a positive integer")
+        task = TaskPairs("typed", [clean], [corrupt], [[self.model.token_id(answer)]], [[self.model.token_id(wrong)]])
+        layers = list(range(0, self.model.shape.n_layers, stride))
+        grid = resid_by_layer_pos(self.model, task, layers=layers)
+        r = grid.result
+        return {"view": "patch", "values": grid.values.tolist(), "rows": [f"L{v}" for v in grid.rows], "cols": grid.cols,
+                "clean_metric": r.clean, "corrupt_metric": r.corrupt, "seconds": r.seconds}  # fmt: skip
+
     # ---- SAE features --------------------------------------------------------------------------
     def sae(self, path: Any) -> Any:
         from lmscope.saes.interop import load_saelens

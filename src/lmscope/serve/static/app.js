@@ -145,6 +145,18 @@
     });
   });
 
+  // ---- activation patching -------------------------------------------------------------------------
+  $("patch-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    busy($("patch-run"), $("patch-out"), async () => {
+      const doc = await call("/api/patch", { clean: $("patch-clean").value, corrupt: $("patch-corrupt").value,
+        answer: $("patch-answer").value, wrong: $("patch-wrong").value, stride: +$("patch-stride").value });
+      const out = clear($("patch-out"));
+      out.append(el("p", { class: "meta", text: `logit difference: clean ${V.fmt(doc.clean_metric)}, corrupt ${V.fmt(doc.corrupt_metric)} · ${V.fmt(doc.seconds)} s` }));
+      V.heatmap(out, { rows: doc.rows, cols: doc.cols, values: doc.values, label: "restored", rowName: "layer", colName: "position", className: "patch live" });
+    });
+  });
+
   // ---- SAE features ------------------------------------------------------------------------------
   async function openLatent(latent) {
     $("sae-latent").value = latent;
