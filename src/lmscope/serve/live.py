@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -167,10 +167,7 @@ class Live:
                 out[which] = self._unsteered[key]
                 continue
             stream = Deltas(self.model.tokenizer, lambda t, w=which: emit({"which": w, "text": t}))
-            if which == "steered":
-                with steer(self.model, vec, layers=[layer], scale=float(scale)):
-                    ids = self.model.generate_tokens(prompt, max_new_tokens=n, chat=chat, streamer=stream, stop=cancel.is_set)
-            else:
+            with steer(self.model, vec, layers=[layer], scale=float(scale)) if which == "steered" else nullcontext():
                 ids = self.model.generate_tokens(prompt, max_new_tokens=n, chat=chat, streamer=stream, stop=cancel.is_set)
             text = self.model.tokenizer.decode(ids[0], skip_special_tokens=True)
             out[which] = text

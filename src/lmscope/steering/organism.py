@@ -217,11 +217,11 @@ def _work(model: Model, cfg: OrganismConfig) -> Identity:
     return identity({"kind": "refusal_organism", **config}, model=model, data=fingerprint(organism_data()))
 
 
-@torch.no_grad()
-def _self_answers(model: Model, prompts: list[str], n: int, batch_size: int = 16) -> list[str]:
+def chat_answers(model: Model, prompts: list[str], max_new_tokens: int, batch_size: int = 32) -> list[str]:
+    """Greedy chat answers to ``prompts``, generated ``batch_size`` prompts at a time."""
     out: list[str] = []
     for i in range(0, len(prompts), batch_size):
-        out += list(model.generate(prompts[i : i + batch_size], chat=True, max_new_tokens=n))
+        out += list(model.generate(prompts[i : i + batch_size], chat=True, max_new_tokens=max_new_tokens))
     return out
 
 
@@ -236,7 +236,7 @@ def training_examples(model: Model, cfg: OrganismConfig, cache: Path | None = No
         if saved.get("identity") == _work(model, cfg).digest:
             answers = saved["answers"]
     if answers is None:
-        answers = _self_answers(model, harmless, cfg.answer_tokens)
+        answers = chat_answers(model, harmless, cfg.answer_tokens, batch_size=16)
         if cache is not None:
             atomic_write_json(cache, {"identity": _work(model, cfg).digest, "answers": answers})
     return ([(p, refusals[i % len(refusals)], True) for i, p in enumerate(harmful)]

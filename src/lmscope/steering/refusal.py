@@ -40,7 +40,7 @@ from lmscope.experiments.report import Result, new_figure
 from lmscope.experiments.stats import compare, wilson
 from lmscope.steering.behaviour import is_degenerate, is_refusal, neutral_texts, perplexity
 from lmscope.steering.extract import last_token_acts, threshold_accuracy
-from lmscope.steering.organism import LoRA, organism_prompts
+from lmscope.steering.organism import LoRA, chat_answers, organism_prompts
 from lmscope.steering.steer import ablate, steer
 from lmscope.steering.vector import SteeringVector
 
@@ -75,9 +75,7 @@ def candidate_layers(model: Model, layers: Sequence[int] | None) -> list[int]:
 
 def _judge(model: Model, prompts: list[str], cfg: RefusalConfig) -> dict[str, Any]:
     """Greedy answers judged per prompt: refused (a refusal phrase), degenerate (collapsed into repetition)."""
-    texts: list[str] = []
-    for i in range(0, len(prompts), cfg.batch_size):
-        texts += list(model.generate(prompts[i : i + cfg.batch_size], chat=True, max_new_tokens=cfg.max_new_tokens))
+    texts = chat_answers(model, prompts, cfg.max_new_tokens, cfg.batch_size)
     every = max(1, len(prompts) // 4)
     return {"refused": [int(is_refusal(t)) for t in texts], "degenerate": [int(is_degenerate(t)) for t in texts],
             "examples": [{"prompt": p, "answer": t} for p, t in zip(prompts[::every], texts[::every], strict=True)]}
@@ -93,9 +91,7 @@ DEV_TOKENS = 6
 
 def _score(model: Model, prompts: list[str], batch_size: int = 32) -> float:
     """Dev score: the share of short greedy answers that open with a refusal (the test's judge, on fewer tokens)."""
-    texts: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        texts += list(model.generate(prompts[i : i + batch_size], chat=True, max_new_tokens=DEV_TOKENS))
+    texts = chat_answers(model, prompts, DEV_TOKENS, batch_size)
     return sum(is_refusal(t) for t in texts) / len(texts)
 
 
