@@ -43,6 +43,12 @@ class _TaskExperiment(Experiment):
         return None
 
     def setup(self, model: Any, ctx: Context) -> tuple[Any, dict[str, Any]]:
+        sub, _, info = self.split(model, ctx)
+        return sub, info
+
+    def split(self, model: Any, ctx: Context) -> tuple[Any, Any, dict[str, Any]]:
+        """The examples used (the first ``max_examples`` kept) and the held-out ones after them (up to as many;
+        None when none are left), with what the task and the filter gave."""
         from lmscope.circuits import TASKS, filter_correct
         from lmscope.circuits.tasks import pairs_task
 
@@ -53,8 +59,12 @@ class _TaskExperiment(Experiment):
         sub = kept.task.subset(range(min(self.max_examples, kept.task.n)))
         info["used"] = sub.n
         info["example_clean"], info["example_corrupt"] = sub.clean[0], sub.corrupt[0]
-        ctx.log(f"{task.name}: model right on {kept.accuracy:.0%} of {task.n}; using {sub.n} examples")
-        return sub, info
+        rest = range(sub.n, min(2 * sub.n, kept.task.n))
+        held = kept.task.subset(rest) if len(rest) else None
+        info["held_out"] = 0 if held is None else held.n
+        ctx.log(f"{task.name}: model right on {kept.accuracy:.0%} of {task.n}; using {sub.n} examples, "
+                f"{info['held_out']} held out")  # fmt: skip
+        return sub, held, info
 
 
 def _grid(model: Any, task: Any, variant: str, **kw: Any) -> Any:
@@ -170,7 +180,8 @@ class Attribute(_TaskExperiment):
 
 @dataclass(frozen=True)
 class Circuit(_TaskExperiment):
-    """Circuit discovery by pruning (ACDC or learned masks), then necessity and sufficiency beside random circuits.
+    """Circuit discovery by pruning (ACDC or learned masks), then necessity and sufficiency beside random circuits, on
+    the examples it was found on and on held-out examples after them.
 
     lmscope circuit --task ioi --method acdc-nodes --ablation mean --threshold 0.05
     """
@@ -191,7 +202,7 @@ class Circuit(_TaskExperiment):
         from lmscope.circuits import acdc, edge_attribution, faithfulness_curve, learned_mask, necessity_sufficiency, setup
         from lmscope.experiments.artifacts import Provenance
 
-        task, info = self.setup(model, ctx)
+        task, held, info = self.split(model, ctx)
         s = setup(model, task, ablation=self.ablation, seed=self.seed)
         t0 = time.perf_counter()
         level = "edges" if self.method.endswith("edges") else "nodes"
@@ -225,12 +236,26 @@ class Circuit(_TaskExperiment):
         page.summary = {**summary, "seconds": seconds, "necessity": nsj["necessity"], "sufficiency": nsj["sufficiency"],
                         "random_necessity_mean": nsj["random_necessity_mean"],
                         "random_sufficiency_mean": nsj["random_sufficiency_mean"]}  # fmt: skip
+        test = None
+        if held is not None:  # the circuit found on the examples above, scored on examples it never saw
+            s_held = setup(model, held, ablation=self.ablation, seed=self.seed)
+            test = necessity_sufficiency(model, held, circ, level=level, prepared=s_held, n_random=self.n_random,
+                                         seed=self.seed).to_json()  # fmt: skip
+            page.summary |= {"test_examples": held.n, "test_necessity": test["necessity"],
+                             "test_sufficiency": test["sufficiency"], "test_random_necessity_mean": test["random_necessity_mean"],
+                             "test_random_sufficiency_mean": test["random_sufficiency_mean"]}  # fmt: skip
         page.artifacts["circuit"] = "circuit.safetensors"
         page.table("Task", ["key", "value"], [[k, v] for k, v in info.items()])
         page.table("Necessity / sufficiency (fractions of the clean metric)", ["", "circuit", "random mean", "random std"], [
             ["necessity (circuit ablated)", nsj["necessity"], nsj["random_necessity_mean"], nsj["random_necessity_std"]],
             ["sufficiency (rest ablated)", nsj["sufficiency"], nsj["random_sufficiency_mean"], nsj["random_sufficiency_std"]],
             ["everything ablated", nsj["ablated_all_fraction"], "", ""]])  # fmt: skip
+        if test is not None:
+            page.table(f"Held out: the same circuit on {held.n} examples not used to find it", ["", "circuit", "random mean",
+                       "random std"], [
+                ["necessity (circuit ablated)", test["necessity"], test["random_necessity_mean"], test["random_necessity_std"]],
+                ["sufficiency (rest ablated)", test["sufficiency"], test["random_sufficiency_mean"],
+                 test["random_sufficiency_std"]]])  # fmt: skip
         page.figure("circuit", circ.draw(), "the circuit (nodes: heads red, MLPs green; edges to readers)")
         fig, ax = new_figure(figsize=(5, 3.5))
         ax.plot(curve.kept, curve.faithfulness.numpy(), marker="o")
@@ -239,9 +264,13 @@ class Circuit(_TaskExperiment):
         ax.set_ylabel("metric recovered (normalised)")
         page.figure("faithfulness", fig, "faithfulness curve")
         page.text("Nodes", ", ".join(circ.nodes) or "(none)")
-        page.data = {"task": info, "circuit": circ.to_json(), "necessity_sufficiency": nsj,
+        page.data = {"task": info, "circuit": circ.to_json(), "necessity_sufficiency": nsj, "held_out": test,
                      "curve": {"kept": curve.kept, "faithfulness": curve.faithfulness.tolist(), "level": level}}  # fmt: skip
         page.say(f"circuit: {summary}")
         page.say(f"necessity {nsj['necessity']:.3f} (random {nsj['random_necessity_mean']:.3f}), sufficiency "
                  f"{nsj['sufficiency']:.3f} (random {nsj['random_sufficiency_mean']:.3f})")  # fmt: skip
+        if test is not None:
+            page.say(f"held out ({held.n} examples): necessity {test['necessity']:.3f} (random "
+                     f"{test['random_necessity_mean']:.3f}), sufficiency {test['sufficiency']:.3f} (random "
+                     f"{test['random_sufficiency_mean']:.3f})")  # fmt: skip
         return page
