@@ -12,7 +12,14 @@ import lmscope as ls
 from lmscope.core.architectures import get_module
 from lmscope.icl.function_vectors import HeadPrompts, aie_from_prompts, function_vector, mean_head_outputs, top_heads
 from lmscope.icl.tasks import BUILTIN_TASKS, FORMATS, Pair, Task, load_task, make_queries, predict
-from lmscope.icl.vectors import add_at_last, build_vectors, injected_logits, injection_edits, last_token_states
+from lmscope.icl.vectors import (
+    add_at_last,
+    build_vectors,
+    injected_logits,
+    injection_edits,
+    last_token_states,
+    liu_vectors,
+)
 
 
 @pytest.mark.parametrize("name", BUILTIN_TASKS)
@@ -69,18 +76,67 @@ def test_icv_is_mean_difference(tiny_llama: ls.Model) -> None:
     vecs = build_vectors(tiny_llama, task, FORMATS["arrow"], [0, 2], k=2, n_prompts=5, seed=3)
     for layer in (0, 2):
         assert torch.allclose(vecs.icv[layer] + (vecs.mean_state[layer] - vecs.icv[layer]), vecs.mean_state[layer])
-    # Liu et al.'s vectors exist for every layer and their all-layer injection preserves each position's norm
     assert sorted(vecs.liu) == list(range(tiny_llama.shape.n_layers))
-    prompts = ["hello world"]
-    batch = tiny_llama.tokenize(prompts)
-    sites = [ls.Site("resid_post", layer) for layer in range(tiny_llama.shape.n_layers)]
-    with ls.intervene(tiny_llama, injection_edits(tiny_llama, "liu", vecs, None, batch.last_index, scale=2.0)):
-        with ls.capture(tiny_llama, sites[:1]) as got:
+
+
+def test_liu_vector_matches_a_naive_pca_of_the_reference_recipe(tiny_llama: ls.Model) -> None:
+    """Liu et al.'s code: x and y encoded apart, last-token states of all layers concatenated, first principal
+    component (largest |u| loading positive) plus the mean difference. Oracle: the covariance's top eigenvector."""
+    demos = load_task("antonyms").train[:6]
+    got = liu_vectors(tiny_llama, demos)
+    n_layers = tiny_llama.shape.n_layers
+    outs: list[torch.Tensor] = []
+    hooks = [layer.register_forward_hook(lambda _m, _i, o: outs.append((o[0] if isinstance(o, tuple) else o)[0, -1]))
+             for layer in tiny_llama.hf.model.layers]  # raw torch hooks on the decoder layers (pre final norm)
+    rows = []
+    try:
+        for d in demos:  # one prompt at a time: no batching, no lmscope hooks
+            states = []
+            for text in (d.input, d.output):
+                outs.clear()
+                tiny_llama.hf(**tiny_llama.tokenize([text]).model_inputs())
+                states.append(torch.cat(outs))
+            rows.append((states[1] - states[0]).double())
+    finally:
+        for h in hooks:
+            h.remove()
+    x = torch.stack(rows)
+    mean = x.mean(0)
+    c = x - mean
+    vals, vecs = torch.linalg.eigh(c.T @ c)
+    pc = vecs[:, -1]
+    scores = c @ pc
+    pc = pc * torch.sign(scores[scores.abs().argmax()])
+    want = (pc + mean).reshape(n_layers, -1)
+    for layer in range(n_layers):
+        assert torch.allclose(got[layer].double(), want[layer], atol=1e-4), layer
+
+
+def test_liu_injection_is_the_reference_mlp_output_rotation(tiny_llama: ls.Model) -> None:
+    vecs = build_vectors(tiny_llama, load_task("antonyms"), FORMATS["qa"], [1], k=2, n_prompts=4)
+    batch = tiny_llama.tokenize(["hello world", "the dog"])
+    sites = [ls.Site("mlp_out", layer) for layer in range(tiny_llama.shape.n_layers)]
+    lam = 0.3
+    with ls.intervene(tiny_llama, injection_edits(tiny_llama, "liu", vecs, None, batch.last_index, scale=lam)):
+        with ls.capture(tiny_llama, sites) as got:
             tiny_llama(batch)
-    with ls.capture(tiny_llama, sites[:1]) as clean:
-        tiny_llama(batch)
-    assert torch.allclose(got[sites[0]].norm(dim=-1), clean[sites[0]].norm(dim=-1), rtol=1e-5)
-    assert not torch.allclose(got[sites[0]], clean[sites[0]])
+    edited = {}
+    for layer in range(tiny_llama.shape.n_layers):  # naive: each layer's edit applied by hand, one layer at a time
+        with ls.intervene(tiny_llama, {s: ls.edits.patch(got[s]) for s in sites[:layer]} if layer else {}):
+            with ls.capture(tiny_llama, [sites[layer]]) as clean:
+                tiny_llama(batch)
+        m = clean[sites[layer]].double()
+        v = vecs.liu[layer].double() / vecs.liu[layer].double().norm()
+        for b in range(m.shape[0]):
+            for t in range(m.shape[1]):
+                row = m[b, t]
+                cos = float(row @ -v) / float(row.norm())
+                y = row / row.norm() + lam * (1 + max(0.0, cos)) * v
+                edited[(layer, b, t)] = y / y.norm() * row.norm()
+        want = torch.stack([torch.stack([edited[(layer, b, t)] for t in range(m.shape[1])]) for b in range(m.shape[0])])
+        mask = batch.attention_mask.bool()
+        assert torch.allclose(got[sites[layer]].double()[mask], want[mask], atol=1e-4), layer
+        assert torch.allclose(got[sites[layer]].norm(dim=-1)[mask], clean[sites[layer]].norm(dim=-1)[mask], rtol=1e-5)
 
 
 def _planted(family: str, layer: int, head: int) -> ls.Model:
@@ -187,3 +243,28 @@ def test_zero_shot_runs_started_at_the_layer_equal_full_forwards(tiny_llama) -> 
     every = {ls.Site("resid_post", la): ls.edits.add(v) for la in range(model.shape.n_layers)}
     assert torch.allclose(injected_logits(model, runs, lambda last: every), injected_logits(model, prompts, lambda last: every),
                           atol=1e-5)  # fmt: skip
+
+
+def test_a_dev_split_is_drawn_from_train_and_shares_nothing() -> None:
+    task = load_task("antonyms")
+    split = task.with_dev(10, seed=1)
+    assert len(split.dev) == 10 and len(split.train) == len(task.train) - 10 and split.test == task.test
+    dev, train, test = ({p.input for p in ps} for ps in (split.dev, split.train, split.test))
+    assert not dev & train and not dev & test and dev <= {p.input for p in task.train}
+    assert split.dev == task.with_dev(10, seed=1).dev and split.dev != task.with_dev(10, seed=2).dev
+    with pytest.raises(ValueError, match="dev split"):
+        task.with_dev(len(task.train))
+
+
+def test_the_vectors_report_chooses_on_dev_and_reports_on_test(tiny_llama: ls.Model) -> None:
+    from lmscope.icl.vectors_report import METHODS, vectors_report
+
+    res = vectors_report(tiny_llama, ["antonyms"], layers=[0, 1, 2], k=2, n=6, fv_tasks=0)
+    row, s = res.data["tasks"]["antonyms"], res.data["summary"]["antonyms"]
+    cells = [(m, j) for m in METHODS if m in row for j in range(3)]
+    chosen = max(cells, key=lambda c: row["dev"][c[0]][c[1]])
+    assert (s["best_method"], s["best_layer"]) == (chosen[0], [0, 1, 2][chosen[1]])
+    assert s["best_acc"] == row[chosen[0]][chosen[1]] and s["best_dev_acc"] == row["dev"][chosen[0]][chosen[1]]
+    assert row["n_dev"] == 6 and 0.0 <= s["control"] <= 1.0
+    liu = max((0.05, 0.1, 0.2, 0.5), key=lambda x: row["dev"]["liu"][str(x)])
+    assert s["liu_best_strength"] == liu and s["liu_best"] == row["liu"][str(liu)]

@@ -39,7 +39,7 @@ class ICLVectors(Experiment):
     tasks: tuple[str, ...] = param(DEFAULT_TASKS, "task names or task JSONL files")
     layers: Layers = param(None, "injection layers (default: every third)")
     k: int = param(5, "demonstrations per prompt")
-    n: int = param(30, "held-out queries per task")
+    n: int = param(30, "held-out test queries per task (and at most as many dev queries, drawn from train pairs)")
     fv_tasks: int = param(3, "tasks used to rank heads for function vectors (0: skip)")
     fv_heads: int = param(10, "heads summed into a function vector")
     format: str = param("qa", "prompt format", choices=FORMATS)
@@ -60,10 +60,12 @@ class ICLVectors(Experiment):
                               fv_tasks=self.fv_tasks, fv_heads=self.fv_heads, seed=self.seed,
                               progress=None if ctx.quiet else ctx.log)  # fmt: skip
         summ = page.data["summary"]
-        page.summary = {f"{t}_{key}": r[key] for t, r in summ.items() for key in ("zero_shot", "icl", "best_acc")}
+        page.summary = {f"{t}_{key}": r[key] for t, r in summ.items()
+                        for key in ("zero_shot", "icl", "best_acc", "best_dev_acc", "control")}  # fmt: skip
         for name, r in summ.items():
-            page.say(f"{name:20s} zero-shot {r['zero_shot']:.2f}  ICL {r['icl']:.2f}  best vector {r['best_method']} "
-                     f"{r['best_acc']:.2f} at layer {r['best_layer']}")  # fmt: skip
+            page.say(f"{name:20s} zero-shot {r['zero_shot']:.2f}  ICL {r['icl']:.2f}  best vector on dev: {r['best_method']} "
+                     f"at layer {r['best_layer']} (dev {r['best_dev_acc']:.2f}), test {r['best_acc']:.2f}, equal-norm "
+                     f"random vector there {r['control']:.2f}")  # fmt: skip
         return page
 
 

@@ -68,6 +68,19 @@ class Task:
     def test(self) -> list[Pair]:
         return [p for p in self.pairs if p.split == "test"]
 
+    @property
+    def dev(self) -> list[Pair]:
+        return [p for p in self.pairs if p.split == "dev"]
+
+    def with_dev(self, n: int, *, seed: int = 0) -> Task:
+        """This task with ``n`` train pairs (a seeded draw) moved to a ``dev`` split, for choosing settings."""
+        train = self.train
+        if not 0 < n < len(train):
+            raise ValueError(f"task {self.name!r}: a dev split of {n} needs more than {n} train pairs (has {len(train)})")
+        moved = {p.input for p in random.Random(seed).sample(train, n)}
+        pairs = tuple(Pair(p.input, p.output, "dev") if p.split == "train" and p.input in moved else p for p in self.pairs)
+        return Task(self.name, pairs)
+
 
 def load_task(name_or_path: str | Path) -> Task:
     """A built-in task by name (see :data:`BUILTIN_TASKS`) or a JSONL file of {input, output, split}."""
@@ -169,9 +182,13 @@ class Queries:
     targets: list[int]
 
 
-def make_queries(model: Model, task: Task, fmt: PromptFormat, *, k: int = 5, n: int = 30, seed: int = 0) -> Queries:
-    """Up to ``n`` test pairs, each as a zero-shot prompt and a ``k``-shot prompt built from train pairs."""
+def make_queries(model: Model, task: Task, fmt: PromptFormat, *, k: int = 5, n: int = 30, seed: int = 0,
+                 split: str = "test") -> Queries:  # fmt: skip
+    """Up to ``n`` pairs of ``split`` (test or dev), each as a zero-shot prompt and a ``k``-shot prompt built from
+    train pairs."""
+    if split not in ("test", "dev"):
+        raise ValueError(f"split must be 'test' or 'dev', got {split!r}")
     rng = random.Random(seed)
-    pairs = task.test[:n]
+    pairs = (task.test if split == "test" else task.dev)[:n]
     few = [fmt.prompt(sample_demos(task.train, k, exclude=p.input, rng=rng), p.input) for p in pairs]
     return Queries(pairs, [fmt.ask(p.input) for p in pairs], few, [answer_token(model, fmt, p.output) for p in pairs])

@@ -9,10 +9,12 @@ residual stream after block L (``resid_post``) at the last token:
   mean k-shot state itself, the lecture's literal recipe, which doubles the state's size.)
 - **Task vector** (Hendel et al. 2023, "In-context learning creates task vectors"): theta_L =
   mean k-shot last-token state; injected by *replacing* the query's last-token state at layer L.
-- **ICV of Liu et al. 2024** ("In-context vectors"): per layer, the first principal direction of
-  the differences h_l(demo "Q: x / A: y") - h_l(query "Q: x / A:") over demonstrations, scaled to
-  the mean difference along it, added with strength lambda to *every* layer at *every* position,
-  each position then rescaled to its original norm.
+- **ICV of Liu et al. 2024** ("In-context vectors", following their code): each demonstration's
+  input x and output y are encoded *separately*; the last-token residual states of every layer are
+  concatenated, one PCA is fitted to the differences h(y) - h(x) over demonstrations, and the
+  vector is its first component (signed as scikit-learn's ``svd_flip``) plus the mean difference,
+  cut back into layers. At inference each layer's *MLP output* m becomes
+  ``normalize(normalize(m) + lam * (1 + max(0, cos(m, -v))) * normalize(v)) * |m|`` at every position.
 
 The seed's claim: vectors from early/middle layers work, late ones do not; check it with
 :func:`evaluate_injection` per layer on held-out queries.
@@ -42,7 +44,7 @@ from lmscope.core.metrics import at_last
 from lmscope.core.model import Model
 from lmscope.core.prefix import Prefix
 from lmscope.core.sites import Site
-from lmscope.icl.tasks import PromptFormat, Task, first_token_accuracy, sample_demos
+from lmscope.icl.tasks import Pair, PromptFormat, Task, first_token_accuracy, sample_demos
 
 
 def last_token_states(
@@ -70,7 +72,7 @@ class TaskVectors:
     mean_state: dict[int, Tensor]
     """Layer -> mean k-shot last-token state (the task vector, patched in; or added raw)."""
     liu: dict[int, Tensor]
-    """Every layer -> Liu et al.'s PCA in-context vector (added at all layers)."""
+    """Every layer -> Liu et al.'s in-context vector (steers every layer's MLP output)."""
 
 
 def build_vectors(
@@ -87,31 +89,30 @@ def build_vectors(
     h_zero = last_token_states(model, zero, layers)
     icv = {layer: h_few[:, j].mean(0) - h_zero[:, j].mean(0) for j, layer in enumerate(layers)}
     mean_state = {layer: h_few[:, j].mean(0) for j, layer in enumerate(layers)}
+    return TaskVectors(layers, icv, mean_state, liu_vectors(model, queries))
+
+
+def liu_vectors(model: Model, demos: Sequence[Pair]) -> dict[int, Tensor]:
+    """Liu et al.'s in-context vector per layer from demonstrations (x, y), each side encoded on its own."""
     all_layers = list(range(model.shape.n_layers))
-    demo_states = last_token_states(model, [fmt.demo(q) for q in queries], all_layers)
-    diffs = demo_states - last_token_states(model, zero, all_layers)  # (prompt, layer, d_model)
-    liu = {layer: _pca_direction(diffs[:, layer]) for layer in all_layers}
-    return TaskVectors(layers, icv, mean_state, liu)
-
-
-def _pca_direction(diffs: Tensor) -> Tensor:
-    """First principal direction of the rows, signed and scaled like their mean projects onto it."""
+    h_x = last_token_states(model, [d.input for d in demos], all_layers)
+    h_y = last_token_states(model, [d.output for d in demos], all_layers)
+    diffs = (h_y - h_x).reshape(len(demos), -1)  # (demonstration, layer * d_model): one PCA over all layers
     mean = diffs.mean(0)
-    centered = diffs - mean
-    if diffs.shape[0] < 2 or float(centered.norm()) == 0:
-        return mean
-    _, _, vh = torch.linalg.svd(centered, full_matrices=False)
-    pc = vh[0]
-    proj = float(mean @ pc)
-    if proj < 0:
-        pc, proj = -pc, -proj
-    return pc * proj
+    u, _, vh = torch.linalg.svd(diffs - mean, full_matrices=False)
+    pc = vh[0] * torch.sign(u[u[:, 0].abs().argmax(), 0])  # svd_flip: the largest loading of u is positive
+    return dict(zip(all_layers, (pc + mean).reshape(len(all_layers), -1), strict=True))
 
 
-def _renorm_add(vector: Tensor, strength: float):
-    def fn(x: Tensor) -> Tensor:
-        y = x + strength * vector.to(x.dtype).to(x.device)
-        return y * (x.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+def _liu_steer(vector: Tensor, strength: float):
+    """The reference's MLP-output edit: rotate towards the vector (more where the output points away), keep the norm."""
+
+    def fn(m: Tensor) -> Tensor:
+        v = torch.nn.functional.normalize(vector.to(device=m.device, dtype=torch.float32), dim=-1)
+        x = m.float()
+        away = torch.nn.functional.cosine_similarity(x, -v.expand_as(x), dim=-1).clamp_min(0).unsqueeze(-1)
+        y = torch.nn.functional.normalize(torch.nn.functional.normalize(x, dim=-1) + strength * (1 + away) * v, dim=-1)
+        return (y * x.norm(dim=-1, keepdim=True)).to(m.dtype)
 
     return fn
 
@@ -120,7 +121,7 @@ def injection_edits(model: Model, method: str, vecs: TaskVectors, layer: int | N
                     scale: float = 1.0) -> dict[Site, Edit]:  # fmt: skip
     """The edits that inject one method's vector into a batch whose last tokens are ``last``."""
     if method == "liu":
-        return {Site("resid_post", l_): edits.custom(_renorm_add(v, scale)) for l_, v in vecs.liu.items()}
+        return {Site("mlp_out", l_): edits.custom(_liu_steer(v, scale)) for l_, v in vecs.liu.items()}
     assert layer is not None
     site = Site("resid_post", layer)
     if method == "icv":

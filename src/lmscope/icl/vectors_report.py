@@ -3,7 +3,9 @@
 For every task: first-token accuracy of zero-shot queries, of k-shot ICL prompts, and of zero-shot
 queries with each vector injected at each layer (in-context vector, its raw variant, task vector,
 function vector), plus Liu et al.'s all-layer ICV at a few strengths. Vectors are built from train
-pairs; every number is on held-out test pairs.
+pairs. The best (method, layer) and Liu's strength are chosen on a dev split drawn from the train
+pairs (never used to build the vectors) and reported on the held-out test pairs, beside a control of
+the same size: an equal-norm random vector injected the same way at the same layer.
 """
 
 from __future__ import annotations
@@ -12,16 +14,50 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
+from lmscope.core import edits
 from lmscope.core.model import Model
+from lmscope.core.sites import Site
 from lmscope.experiments.progress import Log
 from lmscope.experiments.report import Result, new_figure
 from lmscope.icl.function_vectors import aie_from_prompts, function_vector, head_prompts, top_heads
-from lmscope.icl.tasks import FORMATS, first_token_accuracy, load_task, make_queries, predict
-from lmscope.icl.vectors import ZeroShot, add_at_last, build_vectors, evaluate_injection
+from lmscope.icl.tasks import FORMATS, Task, first_token_accuracy, load_task, make_queries, predict
+from lmscope.icl.vectors import TaskVectors, ZeroShot, add_at_last, build_vectors, evaluate_injection, injected_logits
 
 METHODS = ("icv", "icv_raw", "task_vector", "function_vector")
-LIU_STRENGTHS = (0.5, 1.0, 2.0)
+LIU_STRENGTHS = (0.05, 0.1, 0.2, 0.5)
+"""Liu et al.'s lambda: the weight of the unit vector added to the unit MLP output (their scripts use ~0.1)."""
+N_CONTROLS = 3
+
+
+def _dev_size(task: Task) -> int:
+    return min(15, len(task.train) // 3)
+
+
+def _vector_of(vecs: TaskVectors, method: str, layer: int, fv: Tensor | None) -> Tensor:
+    if method == "function_vector":
+        assert fv is not None
+        return fv
+    return {"icv": vecs.icv, "icv_raw": vecs.mean_state, "task_vector": vecs.mean_state}[method][layer]
+
+
+def random_control(model: Model, runs: ZeroShot, targets: list[int], method: str, vector: Tensor, layer: int, *,
+                   seed: int = 0, draws: int = N_CONTROLS) -> float:  # fmt: skip
+    """Mean test accuracy with an equal-norm random vector injected like ``method`` at ``layer`` (added, or put in
+    place of the state for the task vector)."""
+    gen = torch.Generator().manual_seed(seed)
+    accs = []
+    for _ in range(draws):
+        r = torch.randn(vector.shape, generator=gen)
+        r = r * (vector.float().norm() / r.norm())
+        if method == "task_vector":
+            logits = injected_logits(model, runs, lambda last, r=r: {Site("resid_post", layer): edits.replace(r, positions=last)},
+                                     start=layer)  # fmt: skip
+        else:
+            logits = add_at_last(model, runs, r, layer)
+        accs.append(first_token_accuracy(logits, targets))
+    return sum(accs) / len(accs)
 
 
 def vectors_report(
@@ -32,6 +68,7 @@ def vectors_report(
     f = FORMATS[fmt]
     layers = list(range(0, model.shape.n_layers, 3)) if layers is None else list(layers)
     loaded = {name: load_task(name) for name in tasks}
+    loaded = {name: t.with_dev(_dev_size(t), seed=seed) for name, t in loaded.items()}  # dev: never in a vector
     result: dict = {"model": model.model_id, "format": fmt, "k": k, "layers": layers, "tasks": {}, "summary": {}}
     heads: list[tuple[int, int]] = []
     prompts = {name: head_prompts(model, t, f, k=k, n_prompts=10, seed=seed) for name, t in loaded.items()}
@@ -48,33 +85,41 @@ def vectors_report(
         if progress:
             progress(f"vectors: {name}")
         q = make_queries(model, task, f, k=k, n=n, seed=seed)
+        dev = make_queries(model, task, f, k=k, n=n, seed=seed, split="dev")
         row: dict = {
-            "n": len(q.pairs),
+            "n": len(q.pairs), "n_dev": len(dev.pairs),
             "zero_shot": first_token_accuracy(predict(model, q.zero_shot), q.targets),
             "icl": first_token_accuracy(predict(model, q.few_shot), q.targets),
-        }
+            "dev": {},
+        }  # fmt: skip
         vecs = build_vectors(model, task, f, layers, k=k, n_prompts=20, seed=seed)
         runs = ZeroShot(model, q.zero_shot, layers)  # run once; each injection re-runs its layer and above
+        dev_runs = ZeroShot(model, dev.zero_shot, layers)
         for method in METHODS[:3]:
             row[method] = [evaluate_injection(model, runs, q.targets, method, vecs, layer) for layer in layers]
+            row["dev"][method] = [evaluate_injection(model, dev_runs, dev.targets, method, vecs, layer) for layer in layers]
+        fv = None
         if heads:
             fv = function_vector(model, prompts[name].clean, heads)
-            row["function_vector"] = [
-                first_token_accuracy(add_at_last(model, runs, fv, layer), q.targets) for layer in layers
-            ]
-        row["liu"] = {
-            str(s): evaluate_injection(model, runs, q.targets, "liu", vecs, None, scale=s) for s in LIU_STRENGTHS
-        }
+            row["function_vector"] = [first_token_accuracy(add_at_last(model, runs, fv, layer), q.targets) for layer in layers]
+            row["dev"]["function_vector"] = [first_token_accuracy(add_at_last(model, dev_runs, fv, layer), dev.targets)
+                                             for layer in layers]  # fmt: skip
+        row["liu"] = {str(s): evaluate_injection(model, runs, q.targets, "liu", vecs, None, scale=s) for s in LIU_STRENGTHS}
+        row["dev"]["liu"] = {str(s): evaluate_injection(model, dev_runs, dev.targets, "liu", vecs, None, scale=s)
+                             for s in LIU_STRENGTHS}  # fmt: skip
         result["tasks"][name] = row
-        best = max(
-            ((m, layer, acc) for m in METHODS if m in row for layer, acc in zip(layers, row[m], strict=True)), key=lambda x: x[2]
-        )
-        liu_best = max(row["liu"].items(), key=lambda kv: kv[1])
+        cells = [(m, j) for m in METHODS if m in row for j in range(len(layers))]
+        m_best, j_best = max(cells, key=lambda c: row["dev"][c[0]][c[1]])  # chosen on dev (first of ties)
+        control = random_control(model, runs, q.targets, m_best, _vector_of(vecs, m_best, layers[j_best], fv),
+                                 layers[j_best], seed=seed)  # fmt: skip
+        liu_s = max(LIU_STRENGTHS, key=lambda s: row["dev"]["liu"][str(s)])
         result["summary"][name] = {
-            "zero_shot": row["zero_shot"], "icl": row["icl"], "best_method": best[0], "best_layer": best[1],
-            "best_acc": best[2], "liu_best": liu_best[1], "liu_best_strength": float(liu_best[0]),
-            **{f"best_{m}": max(row[m]) for m in METHODS if m in row},
-            **{f"best_layer_{m}": layers[max(range(len(layers)), key=lambda i: row[m][i])] for m in METHODS if m in row},
+            "zero_shot": row["zero_shot"], "icl": row["icl"], "best_method": m_best, "best_layer": layers[j_best],
+            "best_acc": row[m_best][j_best], "best_dev_acc": row["dev"][m_best][j_best], "control": control,
+            "liu_best": row["liu"][str(liu_s)], "liu_best_strength": liu_s,
+            **{f"best_{m}": row[m][max(range(len(layers)), key=lambda i, m=m: row["dev"][m][i])] for m in METHODS if m in row},
+            **{f"best_layer_{m}": layers[max(range(len(layers)), key=lambda i, m=m: row["dev"][m][i])]
+               for m in METHODS if m in row},
         }  # fmt: skip
     return _write(model, result, out, layers)
 
@@ -113,10 +158,12 @@ def _write(model: Model, result: dict, out: str | Path | None, layers: list[int]
     ax.legend(fontsize=7)
     rep.figure("vectors_mean", fig, "Mean over tasks")
     s = result["summary"]
-    rep.table("Per task (held-out first-token accuracy)",
-              ["task", "zero-shot", "ICL", "best vector", "method", "layer", "ICV best", "TV best", "FV best", "Liu best"],
-              [[n, s[n]["zero_shot"], s[n]["icl"], s[n]["best_acc"], s[n]["best_method"], s[n]["best_layer"],
-                s[n].get("best_icv"), s[n].get("best_task_vector"), s[n].get("best_function_vector"), s[n]["liu_best"]]
+    rep.table("Per task: test first-token accuracy of the cell chosen on dev, and an equal-norm random vector there",
+              ["task", "zero-shot", "ICL", "best vector", "(dev)", "method", "layer", "random control", "ICV", "TV", "FV",
+               "Liu (lambda)"],
+              [[n, s[n]["zero_shot"], s[n]["icl"], s[n]["best_acc"], s[n]["best_dev_acc"], s[n]["best_method"],
+                s[n]["best_layer"], s[n]["control"], s[n].get("best_icv"), s[n].get("best_task_vector"),
+                s[n].get("best_function_vector"), f"{s[n]['liu_best']:.2f} ({s[n]['liu_best_strength']})"]
                for n in names])  # fmt: skip
     if "fv_heads" in result:
         rep.text("Function-vector heads", f"top heads (layer, head) by mean AIE over {result['aie_tasks']}: {result['fv_heads']}")
