@@ -4,7 +4,8 @@
 - :func:`diff_ci`: a seeded bootstrap interval for the difference of two rates measured on the
   same items (paired: each item is resampled with both its outcomes);
 - :func:`compare`: an effect against its control as one JSON record with a verdict, "effect"
-  only when the interval of the difference excludes zero in the claimed direction.
+  only when the interval of the difference excludes zero in the claimed direction;
+  :func:`compare_means` the same for scores that are not 0/1 (sentiment, log-probabilities).
 
     >>> lo, hi = wilson(3, 20)
     >>> round(lo, 3), round(hi, 3)
@@ -61,3 +62,16 @@ def compare(effect: Sequence[float], control: Sequence[float], *, direction: int
     return {"rate": ke / ne, "n": ne, "ci": wilson(ke, ne), "control_rate": kc / nc, "control_n": nc,
             "control_ci": wilson(kc, nc), "difference": diff, "difference_ci": (lo, hi),
             "verdict": "effect" if yes else "no effect"}  # fmt: skip
+
+
+def compare_means(effect: Sequence[float], control: Sequence[float], *, direction: int = 1, paired: bool = True,
+                  seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Means of ``effect`` and ``control`` scores, the difference with its bootstrap interval, and a verdict:
+    "effect" when the interval excludes 0 on the ``direction`` side."""
+    if not effect or not control:
+        raise ValueError("compare_means needs scores on both sides")
+    lo, hi = diff_ci(effect, control, paired=paired, seed=seed)
+    mean, cmean = sum(effect) / len(effect), sum(control) / len(control)
+    yes = lo > 0 if direction > 0 else hi < 0
+    return {"mean": mean, "n": len(effect), "control_mean": cmean, "control_n": len(control),
+            "difference": mean - cmean, "difference_ci": (lo, hi), "verdict": "effect" if yes else "no effect"}  # fmt: skip

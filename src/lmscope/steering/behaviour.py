@@ -28,7 +28,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -131,6 +131,8 @@ class Preference:
     margin: float
     """Mean log P(positive) - log P(negative) (per-token mean log-probabilities)."""
     n: int
+    wins: list[float] = field(default_factory=list)
+    """Per pair: 1.0 where the positive completion is likelier."""
 
 
 def preference(model: Model, contrast: ContrastSet, *, batch_size: int = 16) -> Preference:
@@ -140,7 +142,8 @@ def preference(model: Model, contrast: ContrastSet, *, batch_size: int = 16) -> 
     lp = completion_logprobs(model, contrast.positive, chat=contrast.chat, mean=True, batch_size=batch_size)
     ln = completion_logprobs(model, contrast.negative, chat=contrast.chat, mean=True, batch_size=batch_size)
     d = lp - ln
-    return Preference(float((d > 0).float().mean()), float(d.mean()), int(d.numel()))
+    wins = (d > 0).float()
+    return Preference(float(wins.mean()), float(d.mean()), int(d.numel()), wins.tolist())
 
 
 def neutral_texts(n: int | None = None) -> list[str]:

@@ -94,6 +94,12 @@ class ContrastSet:
         return replace(self, positive=self.positive[:n], negative=self.negative[:n],
                        pos_split=self.pos_split[:n], neg_split=self.neg_split[:n])  # fmt: skip
 
+    def tail(self, n: int) -> ContrastSet:
+        """The last ``n`` examples of each side."""
+        cut = len(self.positive) - n
+        return replace(self, positive=self.positive[cut:], negative=self.negative[cut:], pos_split=self.pos_split[cut:],
+                       neg_split=self.neg_split[cut:])  # fmt: skip
+
     def texts(self, tokenizer: Any) -> tuple[list[str], list[str]]:
         """The rendered strings of both sides (chat template applied when ``chat``)."""
         return [render(e, tokenizer, self.chat) for e in self.positive], [render(e, tokenizer, self.chat) for e in self.negative]

@@ -153,23 +153,25 @@ class SteerApply(Experiment):
 
 @dataclass(frozen=True)
 class SteerSweep(Experiment):
-    """Layers x strengths: the behaviour and its capability cost (perplexity, facts) per cell; resumable.
+    """Layers x strengths on dev prompts: the behaviour and its capability cost (perplexity, facts) per cell; the best
+    cell within 2x perplexity then measured on disjoint test prompts beside equal-norm random vectors; resumable.
 
     lmscope steer sweep --vector v.safetensors --behaviour sentiment --layers 6,10,14 --strength 2 4 8
     """
 
     command = "steer sweep"
-    about = "layers x strengths: behaviour and capability cost per cell (resumable)"
+    about = "layers x strengths on dev prompts; the best cell on test prompts vs random vectors (resumable)"
     vector: str = param("", ".safetensors or .gguf steering vector", required=True, metavar="FILE")
     behaviour: str = param("", "refusal, refusal_logprob, compliance, sentiment, truthfulness, sycophancy, mention:WORD",
                            required=True)  # fmt: skip
     layers: Layers = param(None, "layers to steer (default: every layer the vector has)")
     strength: Strengths = param((2.0, 4.0, 8.0), "strengths (negative values subtract the vector)")
     positions: str = param("all", "where to add it", choices=POSITIONS)
-    n_prompts: int = param(12, "behaviour prompts per cell")
+    n_prompts: int = param(12, "behaviour prompts per cell (dev) and for the chosen cell's test measurement")
     max_new_tokens: int = param(32, "tokens generated per prompt")
     n_capability: int = param(12, "neutral texts and factual questions for the capability cost")
     fmt: str = param("completion", "truthfulness/sycophancy scoring", choices=("completion", "ab"))
+    n_random: int = param(2, "equal-norm random vectors measured at the chosen cell on the test prompts")
 
     def needs(self) -> dict[str, str]:
         return {"vaderSentiment": "'lmscope[metrics]'"} if self.behaviour == "sentiment" else {}
@@ -179,13 +181,16 @@ class SteerSweep(Experiment):
 
         load_vector(self.vector)
         recipe(self.behaviour, n_prompts=self.n_prompts, max_new_tokens=self.max_new_tokens, fmt=self.fmt)
+        if self.n_random < 1:
+            raise ValueError(f"--n-random must be at least 1 (the test measurement's control), got {self.n_random}")
 
     def run(self, model: Any, ctx: Context) -> Result:
         from lmscope.steering import Capability, sweep
         from lmscope.steering.recipes import recipe
+        from lmscope.steering.sweep import confirm
 
         vec = load_vector(self.vector, model.shape.d_model)
-        r = recipe(self.behaviour, n_prompts=self.n_prompts, max_new_tokens=self.max_new_tokens, fmt=self.fmt)
+        r = recipe(self.behaviour, n_prompts=self.n_prompts, max_new_tokens=self.max_new_tokens, fmt=self.fmt, split="dev")
         out = ctx.folder()
         res = sweep(model, vec, r.fn, layers=list(self.layers or vec.layers), scales=list(self.strength),
                     positions=self.positions, capability=Capability.default(self.n_capability, self.n_capability),
@@ -194,18 +199,42 @@ class SteerSweep(Experiment):
         res.meta["description"] = r.description
         page = res.report(goal=r.goal)
         best = res.best(r.goal)
-        page.summary = {"baseline": res.baseline.behaviour, "baseline_perplexity": res.baseline.perplexity,
+        page.summary = {"dev_baseline": res.baseline.behaviour, "baseline_perplexity": res.baseline.perplexity,
                         "best_layer": None if best is None else best.layer, "best_strength": None if best is None else best.scale,
-                        "best": None if best is None else best.behaviour,
+                        "dev_best": None if best is None else best.behaviour,
                         "best_perplexity_ratio": None if best is None else best.perplexity / res.baseline.perplexity}  # fmt: skip
-        if best is None:
-            verdict = "none within 2x perplexity"
-        else:
-            verdict = (f"layer {best.layer} strength {best.scale} -> {best.behaviour:.3f} (ppl x"
-                       f"{best.perplexity / res.baseline.perplexity:.2f}, facts {best.fact_acc:.2f} vs "
-                       f"{res.baseline.fact_acc:.2f})")  # fmt: skip
-        page.say(f"{r.description}\nbaseline {res.baseline.behaviour:.3f}; best: {verdict}")
+        if best is None or r.goal * (best.behaviour - res.baseline.behaviour) <= 0:
+            page.summary |= {"test_steered": None, "test_baseline": None, "test_random": None, "verdict": "no effect"}
+            page.say(f"{r.description}\nbaseline {res.baseline.behaviour:.3f}; no cell within 2x perplexity moves it the "
+                     "right way on the dev prompts: no effect")  # fmt: skip
+            return page
+        t = recipe(self.behaviour, n_prompts=self.n_prompts, max_new_tokens=self.max_new_tokens, fmt=self.fmt, split="test")
+        if not ctx.quiet:
+            ctx.log(f"chosen on dev: layer {best.layer} strength {best.scale}; measuring it on the test prompts")
+        held = confirm(model, vec, t.items, layer=best.layer, scale=best.scale, goal=r.goal, positions=self.positions,
+                       n_random=self.n_random)  # fmt: skip
+        vr, vb = held["vs_random"], held["vs_baseline"]
+        page.summary |= {"test_steered": vr["mean"], "test_baseline": vb["control_mean"], "test_random": vr["control_mean"],
+                         "test_vs_random": vr["difference"], "test_vs_random_ci": list(vr["difference_ci"]),
+                         "test_vs_baseline": vb["difference"], "test_vs_baseline_ci": list(vb["difference_ci"]),
+                         "verdict": held["verdict"]}  # fmt: skip
+        page.data = {**(page.data or {}), "test": held, "test_description": t.description}
+        page.table(f"Chosen on dev, measured on test ({t.description})",
+                   ["", "mean", "difference", "95% CI", "verdict"],
+                   [["steered", vr["mean"], "", "", ""],
+                    ["unsteered", vb["control_mean"], vb["difference"], _ci(vb["difference_ci"]), vb["verdict"]],
+                    [f"equal-norm random x{self.n_random}", vr["control_mean"], vr["difference"], _ci(vr["difference_ci"]),
+                     vr["verdict"]]])  # fmt: skip
+        page.say(f"{r.description}\ndev: baseline {res.baseline.behaviour:.3f}, layer {best.layer} strength {best.scale} -> "
+                 f"{best.behaviour:.3f} (ppl x{best.perplexity / res.baseline.perplexity:.2f}, facts {best.fact_acc:.2f} vs "
+                 f"{res.baseline.fact_acc:.2f})\ntest: steered {vr['mean']:.3f}, unsteered {vb['control_mean']:.3f}, "
+                 f"random {vr['control_mean']:.3f}; vs random {vr['difference']:+.3f} {_ci(vr['difference_ci'])}: "
+                 f"{held['verdict']}")  # fmt: skip
         return page
+
+
+def _ci(ci: Any) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
 @dataclass(frozen=True)

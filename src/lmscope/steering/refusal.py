@@ -28,7 +28,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from lmscope.core import edits
@@ -42,7 +41,7 @@ from lmscope.steering.behaviour import is_degenerate, is_refusal, neutral_texts,
 from lmscope.steering.extract import last_token_acts, threshold_accuracy
 from lmscope.steering.organism import LoRA, chat_answers, organism_prompts
 from lmscope.steering.steer import ablate, steer
-from lmscope.steering.vector import SteeringVector
+from lmscope.steering.vector import SteeringVector, random_like
 
 YOGA = "List three benefits of yoga."
 
@@ -93,11 +92,6 @@ def _score(model: Model, prompts: list[str], batch_size: int = 32) -> float:
     """Dev score: the share of short greedy answers that open with a refusal (the test's judge, on fewer tokens)."""
     texts = chat_answers(model, prompts, DEV_TOKENS, batch_size)
     return sum(is_refusal(t) for t in texts) / len(texts)
-
-
-def _random_like(v: Tensor, seed: int) -> Tensor:
-    r = torch.randn(v.shape, generator=torch.Generator().manual_seed(seed)).to(v)
-    return r / r.norm() * v.norm()
 
 
 @contextmanager
@@ -190,7 +184,7 @@ def run_refusal(model: Model, lora: LoRA | None, cfg: RefusalConfig | None = Non
         with _added(model, layer, diff[layer], s):
             got = _judge(model, te_s, cfg)
             yoga = model.generate(YOGA, chat=True, max_new_tokens=40)
-        ctrl = _controls(model, te_s, cfg, lambda k: _added(model, layer, _random_like(diff[layer], cfg.seed + k), s))
+        ctrl = _controls(model, te_s, cfg, lambda k: _added(model, layer, random_like(diff[layer], cfg.seed + k), s))
         effects["add_to_harmless"] = {**compare(got["refused"], ctrl["refused"], paired=False, seed=cfg.seed),
                                       "measure": "refusal rate of harmless requests", "layer": layer, "scale": s,
                                       "added_norm": s * float(diff[layer].norm()), "degenerate": _rate(got["degenerate"]),
@@ -199,13 +193,13 @@ def run_refusal(model: Model, lora: LoRA | None, cfg: RefusalConfig | None = Non
         layer, s = _cell(picks["subtract"][0])
         with _added(model, layer, diff[layer], -s):
             got = _judge(model, te_h, cfg)
-        ctrl = _controls(model, te_h, cfg, lambda k: _added(model, layer, _random_like(diff[layer], cfg.seed + k), -s))
+        ctrl = _controls(model, te_h, cfg, lambda k: _added(model, layer, random_like(diff[layer], cfg.seed + k), -s))
         effects["subtract_from_harmful"] = _answered(got, ctrl, cfg) | {"layer": layer, "scale": s}
         layer = int(picks["ablate"][0])
         with ablate(model, unit[layer]):
             got = _judge(model, te_h, cfg)
             side = _judge(model, te_s, cfg)
-        ctrl = _controls(model, te_h, cfg, lambda k: ablate(model, _random_like(unit[layer], cfg.seed + k)))
+        ctrl = _controls(model, te_h, cfg, lambda k: ablate(model, random_like(unit[layer], cfg.seed + k)))
         effects["ablate_on_harmful"] = _answered(got, ctrl, cfg) | {
             "layer": layer, "harmless_refusal_under_ablation": _rate(side["refused"]),
             "harmless_degenerate_under_ablation": _rate(side["degenerate"])}  # fmt: skip
@@ -216,7 +210,7 @@ def run_refusal(model: Model, lora: LoRA | None, cfg: RefusalConfig | None = Non
             side = _judge(model, te_s, cfg)
 
         def random_mean(k: int) -> Any:
-            r = _random_like(unit[layer], cfg.seed + k)
+            r = random_like(unit[layer], cfg.seed + k)
             return ablate_to_mean(model, r, (neg_r @ r).mean(0))
 
         ctrl = _controls(model, te_h, cfg, random_mean)

@@ -27,9 +27,10 @@ from lmscope.core.edits import Positions
 from lmscope.core.model import Model
 from lmscope.experiments import CellCheckpoint, identity
 from lmscope.experiments.report import Result, new_figure
+from lmscope.experiments.stats import compare_means
 from lmscope.steering.behaviour import fact_accuracy, facts, neutral_texts, perplexity
 from lmscope.steering.steer import steer
-from lmscope.steering.vector import SteeringVector
+from lmscope.steering.vector import SteeringVector, random_like
 
 
 @dataclass
@@ -209,3 +210,26 @@ def sweep(
     base = run("baseline", -1, 0.0)
     cells = [run(f"{layer},{float(s)}", layer, float(s)) for layer in layers for s in scales]
     return SweepResult(behaviour_name, base, cells, str(positions), {"vector_method": vector.method})
+
+
+def confirm(model: Model, vector: SteeringVector, items: Callable[[Model], list[float]], *, layer: int, scale: float,
+            goal: int = 1, positions: Positions = "all", n_random: int = 2, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """A cell chosen on dev prompts, measured on held-out ones: per-prompt scores steered, unsteered and with
+    ``n_random`` equal-norm random vectors at the same layer and scale (averaged per prompt), each comparison
+    with a bootstrap interval; the verdict is "effect" only when the vector beats both in the ``goal`` direction."""
+    if n_random < 1:
+        raise ValueError("confirm needs at least one random control")
+    base = items(model)
+    with steer(model, vector, layers=[layer], scale=scale, positions=positions):
+        steered = items(model)
+    draws = []
+    for k in range(n_random):
+        rand = SteeringVector({layer: random_like(vector[layer], seed + k)}, model.shape.d_model, "random")
+        with steer(model, rand, layers=[layer], scale=scale, positions=positions):
+            draws.append(items(model))
+    control = [sum(col) / len(col) for col in zip(*draws, strict=True)]
+    vs_random = compare_means(steered, control, direction=goal, seed=seed)
+    vs_baseline = compare_means(steered, base, direction=goal, seed=seed)
+    both = vs_random["verdict"] == vs_baseline["verdict"] == "effect"
+    return {"layer": layer, "scale": scale, "steered": steered, "baseline": base, "random": control,
+            "vs_random": vs_random, "vs_baseline": vs_baseline, "verdict": "effect" if both else "no effect"}  # fmt: skip
