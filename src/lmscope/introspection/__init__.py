@@ -17,6 +17,7 @@ from lmscope.introspection.grid import (
     introspection_grid,
     pick_concepts,
 )
+from lmscope.introspection.judge import ModelJudge
 from lmscope.introspection.protocol import (
     PREAMBLE,
     QUESTION,
@@ -33,6 +34,6 @@ from lmscope.introspection.protocol import (
 
 __all__ = [
     "PREAMBLE", "QUESTION", "ConceptVectors", "ConceptWords", "GoldenGateResult", "Grade", "IntrospectionConfig",
-    "IntrospectionResult", "RowwiseInjection", "claims_detection", "concept_vectors", "golden_gate", "grade",
+    "IntrospectionResult", "ModelJudge", "RowwiseInjection", "claims_detection", "concept_vectors", "golden_gate", "grade",
     "introspection_grid", "load_concepts", "names_concept", "pick_concepts", "run_trials", "summarize", "trial_ids", "trial_text",
 ]  # fmt: skip

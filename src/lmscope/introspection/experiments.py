@@ -32,6 +32,8 @@ class Introspect(Experiment):
     temperature: float = param(1.0, "sampling temperature")
     seed: int = param(0, "sampling and concept-draw seed")
     golden_gate: bool = param(False, "also run the plain-generation positive control")
+    judge: str | None = param(None, "grade answers with this chat model as judge (a name or local folder lmscope.load "
+                              "reads) instead of keywords", metavar="MODEL")  # fmt: skip
 
     def _baseline(self) -> list[str] | None:
         if self.baseline is None:
@@ -69,6 +71,7 @@ class Introspect(Experiment):
             concepts=None if self.concepts is None else list(self.concepts), n_concepts=self.n_concepts,
             n_baseline=self.n_baseline, n_trials=self.trials, read=self.read, inject_from=self.inject_from,
             max_new_tokens=self.max_new_tokens, do_sample=not self.greedy, temperature=self.temperature, seed=self.seed,
+            judge=self.judge,
         )  # fmt: skip
         out = ctx.folder()
         words = load_concepts()
@@ -79,13 +82,26 @@ class Introspect(Experiment):
         ctx.log(f"concept vectors for {concepts} at layers {cfg.layers}")
         vecs = concept_vectors(model, concepts, words.baseline[: cfg.n_baseline], layers=cfg.layers, read=cfg.read)
         log = None if ctx.quiet else ctx.log
-        res = introspection_grid(model, cfg, words=words, vectors=vecs, checkpoint=out / "checkpoint.json", progress=log)
+        judge = None
+        if self.judge is not None:
+            from lmscope.core.loading import load
+            from lmscope.introspection.judge import ModelJudge
+
+            ctx.log(f"loading the judge {self.judge}")
+            judge = ModelJudge(load(self.judge, device=str(model.device)))
+        res = introspection_grid(model, cfg, words=words, vectors=vecs, checkpoint=out / "checkpoint.json", progress=log,
+                                 judge=judge)  # fmt: skip
         page = res.report()
         best = max(res.rates.items(), key=lambda kv: kv[1]["identification"] - kv[1]["false_positive"])
         page.summary = {"cells": len(res.rates), "best_cell": list(best[0]), "best_detection": best[1]["detection"],
                         "best_identification": best[1]["identification"], "best_false_positive": best[1]["false_positive"],
                         "max_detection": max(r["detection"] for r in res.rates.values()),
                         "max_false_positive": max(r["false_positive"] for r in res.rates.values())}  # fmt: skip
+        if judge is not None:
+            both = [t for t in res.trials if "keyword_detected" in t]
+            agree = sum(t["detected"] == t["keyword_detected"] for t in both) / len(both)
+            page.summary["judge_keyword_agreement"] = agree
+            page.say(f"the judge {self.judge} and the keyword grader agree on detection in {agree:.0%} of {len(both)} answers")
         for (layer, s), r in sorted(res.rates.items()):
             page.say(f"layer {layer:3d} strength {s:5.2f}: detection {r['detection']:.2f} identification "
                      f"{r['identification']:.2f} false positive {r['false_positive']:.2f}")  # fmt: skip

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from lmscope.core.sites import Site
 from lmscope.experiments import CellCheckpoint, identity
 from lmscope.experiments.report import Result, new_figure
 from lmscope.introspection.concepts import ConceptVectors, ConceptWords, Read, concept_vectors, load_concepts
-from lmscope.introspection.protocol import InjectFrom, RowwiseInjection, grade, names_concept, run_trials, summarize
+from lmscope.introspection.protocol import Grade, InjectFrom, RowwiseInjection, grade, names_concept, run_trials, summarize
 
 
 @dataclass
@@ -61,6 +61,8 @@ class IntrospectionConfig:
     temperature: float = 1.0
     seed: int = 0
     """Seeds the concept order; each cell samples with its own seed, so control answers differ between cells."""
+    judge: str | None = None
+    """The grading model's name when answers are graded by a model judge (None: the keyword grader)."""
 
     def __post_init__(self) -> None:
         if not self.layers or not self.strengths:
@@ -135,8 +137,13 @@ def introspection_grid(
     vectors: ConceptVectors | None = None,
     checkpoint: str | Path | None = None,
     progress: Callable[[str], None] | None = print,
+    judge: Callable[[str, Sequence[str]], Grade] | None = None,
 ) -> IntrospectionResult:
-    """Run injection and control trials for every (layer, strength) and grade them."""
+    """Run injection and control trials for every (layer, strength) and grade them (with the keyword :func:`grade`,
+    or ``judge(answer, names)``, e.g. a :class:`~lmscope.introspection.judge.ModelJudge`, whose name must then be
+    ``config.judge`` so a checkpoint graded otherwise is not reused)."""
+    if (judge is None) != (config is None or config.judge is None):
+        raise ValueError("pass a judge exactly when config.judge names it (it is part of the checkpoint's identity)")
     cfg = config or IntrospectionConfig()
     words = words or load_concepts()
     concepts = pick_concepts(cfg, words)
@@ -162,10 +169,16 @@ def introspection_grid(
                                      temperature=cfg.temperature, seed=cfg.seed + 1000 * li + si)  # fmt: skip
                 cell = []
                 for c, a in zip(plan, answers, strict=True):
-                    g = grade(a, words.names(c) if c else ["(none)"])
-                    cell.append({"layer": layer, "strength": float(strength), "concept": c, "answer": a,
-                                 "detected": g.detected, "named": g.named and c is not None,
-                                 "identified": g.identified and c is not None})  # fmt: skip
+                    names = words.names(c) if c else ["(none)"]
+                    g = grade(a, names)
+                    row = {"layer": layer, "strength": float(strength), "concept": c, "answer": a, "detected": g.detected,
+                           "named": g.named and c is not None, "identified": g.identified and c is not None}  # fmt: skip
+                    if judge is not None:  # the judge decides; the keyword grade is kept beside it for agreement
+                        j = judge(a, names)
+                        row |= {"keyword_detected": row["detected"], "keyword_identified": row["identified"],
+                                "detected": j.detected, "named": j.named and c is not None,
+                                "identified": j.identified and c is not None}  # fmt: skip
+                    cell.append(row)
                 done.put(key, cell)
                 if progress is not None:
                     s = summarize(cell)
