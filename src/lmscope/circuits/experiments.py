@@ -192,9 +192,14 @@ class Circuit(_TaskExperiment):
     ablation: str = param("mean", "how removed parts are ablated", choices=("mean", "zero", "resample", "corrupt"))
     threshold: float = param(0.02, "ACDC: normalised metric change below which a node/edge goes")
     candidates: int = param(200, "acdc-edges: search only the top edges by edge attribution")
+    edge_candidates: str = param("attribution", "acdc-edges: the edges searched: the top --candidates by edge attribution, "
+                                 "or every edge between the nodes of an ACDC node circuit found first (same threshold)",
+                                 choices=("attribution", "nodes"))  # fmt: skip
     sparsity: float = param(0.1, "learned masks: L1 weight")
     steps: int = param(40, "learned masks: optimisation steps")
     n_random: int = param(10, "random circuits of the same size as controls")
+    sequential: bool = param(False, "ACDC as published: one candidate at a time against the circuit left so far "
+                             "(one forward each; default: a reader's candidates batched and cut together)")  # fmt: skip
 
     def run(self, model: Any, ctx: Context) -> Result:
         import torch
@@ -208,14 +213,22 @@ class Circuit(_TaskExperiment):
         level = "edges" if self.method.endswith("edges") else "nodes"
         log = None if ctx.quiet else ctx.callback(self.method)
         if self.method == "acdc-nodes":
-            circ = acdc(model, task, level="nodes", threshold=self.threshold, prepared=s, copies=self.copies, progress=log)
+            circ = acdc(model, task, level="nodes", threshold=self.threshold, prepared=s, copies=self.copies, progress=log,
+                        sequential=self.sequential)  # fmt: skip
         elif self.method == "acdc-edges":
-            eap = edge_attribution(model, task)
-            flat = eap.scores.abs().nan_to_num(0).flatten()
-            cand = torch.zeros(flat.numel(), dtype=torch.bool)
-            cand[flat.topk(min(self.candidates, int(s.valid.sum()))).indices] = True
+            if self.edge_candidates == "nodes":
+                nodes = acdc(model, task, level="nodes", threshold=self.threshold, prepared=s, copies=self.copies,
+                             progress=log)  # fmt: skip
+                cand = nodes.kept
+                info["node_circuit"] = {"nodes": len(nodes.nodes), "edges": int(cand.sum()), "faithfulness": nodes.faithfulness}
+            else:
+                eap = edge_attribution(model, task)
+                flat = eap.scores.abs().nan_to_num(0).flatten()
+                top = torch.zeros(flat.numel(), dtype=torch.bool)
+                top[flat.topk(min(self.candidates, int(s.valid.sum()))).indices] = True
+                cand = top.reshape(s.valid.shape)
             circ = acdc(model, task, level="edges", threshold=self.threshold, prepared=s, copies=self.copies,
-                        candidates=cand.reshape(s.valid.shape), progress=log)  # fmt: skip
+                        candidates=cand, progress=log, sequential=self.sequential)  # fmt: skip
         else:
             circ = learned_mask(model, task, level=level, sparsity=self.sparsity, steps=self.steps, prepared=s, progress=log)
         seconds = time.perf_counter() - t0
