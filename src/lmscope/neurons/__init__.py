@@ -16,11 +16,11 @@ from lmscope.neurons.ablate import (
     layer_reference,
 )  # fmt: skip
 from lmscope.neurons.correlate import Candidate, CorrelationResult, auroc, correlate, point_biserial, record_neurons
-from lmscope.neurons.labels import LabelledWindows, string_spans, string_windows, token_labels
+from lmscope.neurons.labels import LabelledWindows, pattern_windows, string_spans, string_windows, token_labels
 from lmscope.neurons.record import Example, record, top_examples
 
 __all__ = [
     "MODES", "AblationResult", "Candidate", "CorrelationResult", "DoseResponse", "Effect", "Example", "LabelledWindows",
     "ablate", "auroc", "correlate", "dose_figure", "dose_response", "layer_reference", "point_biserial", "record",
-    "record_neurons", "string_spans", "string_windows", "token_labels", "top_examples",
+    "pattern_windows", "record_neurons", "string_spans", "string_windows", "token_labels", "top_examples",
 ]  # fmt: skip

@@ -72,29 +72,57 @@ class NeuronsTop(Experiment):
 
 @dataclass(frozen=True)
 class NeuronsCorrelate(Experiment):
-    """Rank neurons by AUROC for 'inside a string literal' on a train split; check them on a held-out split."""
+    """Rank neurons by AUROC for a token label on a train split; check them on a held-out split.
+
+    The label is "inside a Python string literal" on the standard library's code, or ``--label REGEX``
+    (a token inside a match) on any corpus, e.g. ``--corpus notes.jsonl --label '"[^"]*"'``.
+    """
 
     command = "neurons correlate"
-    about = "rank neurons by AUROC for 'inside a string literal' (held-out check)"
+    about = "rank neurons by AUROC for a token label: inside a string literal, or a regex on your corpus (held-out check)"
     layers: Layers = param(None, "layers to scan", required=True)
     train_windows: int = param(200, "train windows")
     heldout_windows: int = param(100, "held-out windows")
     top: int = param(10, "candidates kept")
     seq_len: int = param(128, "window length")
     strings: str = param("all", "label: inside any string literal, or only single-quoted ones", choices=STRINGS)
+    label: str | None = param(None, "label tokens inside matches of this regular expression instead (any corpus)",
+                              metavar="REGEX")  # fmt: skip
+    corpus: tuple[str, ...] = param((), CORPUS_HELP + " (with --label)")
+
+    def check(self) -> None:
+        import re
+
+        if self.corpus and self.label is None:
+            raise ValueError("--corpus needs --label REGEX: the string-literal label is defined on the stdlib's code only")
+        if self.label is not None:
+            try:
+                re.compile(self.label)
+            except re.error as exc:
+                raise ValueError(f"--label {self.label!r} is not a regular expression: {exc}") from None
+        user_files(self.corpus)
+
+    def inputs(self) -> Any:
+        return user_inputs(self.corpus)
 
     def run(self, model: Any, ctx: Context) -> Result:
-        from lmscope.neurons import correlate, string_windows
+        from lmscope.neurons import correlate, pattern_windows, string_windows
 
         layers = resolve_layers(self.layers, model.shape.n_layers)
         tq = self.strings == "all"
-        tr = string_windows(model.tokenizer, n_windows=self.train_windows, seq_len=self.seq_len, split="train", triple_quoted=tq)
-        ho = string_windows(model.tokenizer, n_windows=self.heldout_windows, seq_len=self.seq_len, split="heldout",
-                            triple_quoted=tq)  # fmt: skip
+
+        def windows(n: int, split: str) -> Any:
+            if self.label is None:
+                return string_windows(model.tokenizer, n_windows=n, seq_len=self.seq_len, split=split, triple_quoted=tq)
+            return pattern_windows(model.tokenizer, self.label, n_windows=n, seq_len=self.seq_len, split=split,
+                                   sources=self.corpus)  # fmt: skip
+
+        tr, ho = windows(self.train_windows, "train"), windows(self.heldout_windows, "heldout")
         ctx.log(f"correlating layers {layers} over {self.train_windows} train windows")
         res = correlate(model, layers, tr.ids, tr.labels, ho.ids, ho.labels, top=self.top,
                         progress=None if ctx.quiet else ctx.log)  # fmt: skip
-        page = Result("Neurons correlated with 'inside a string literal'")
+        what = "inside a string literal" if self.label is None else f"inside a match of {self.label!r}"
+        page = Result(f"Neurons correlated with '{what}'")
         page.table("Candidates (ranked by |train AUROC - 0.5|)", ["layer", "neuron", "train AUROC", "train r",
                    "held-out AUROC", "held-out r"], [[c.layer, c.neuron, c.train_auroc, c.train_r, c.heldout_auroc,
                                                        c.heldout_r] for c in res.candidates])  # fmt: skip
@@ -158,6 +186,7 @@ class NeuronsAblate(Experiment):
             page.summary[f"{mode}_kl"] = eff.kl
             page.summary[f"{mode}_kl_control"] = ctl["kl"]["mean"]
             page.summary[f"{mode}_top1_change"] = eff.top1_change
+            page.summary[f"{mode}_top1_change_control"] = ctl["top1_change"]["mean"]
             page.say(f"{mode}: KL {eff.kl:.4g} (random sets {ctl['kl']['mean']:.4g}), top-1 change {eff.top1_change:.3f} "
                      f"(random {ctl['top1_change']['mean']:.3f})")  # fmt: skip
         page.table("Effect vs random-neuron controls (mean of controls)", ["mode", "KL", "KL ctl", "dlogp", "dlogp ctl",

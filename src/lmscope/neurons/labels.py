@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lmscope.data.corpus import corpus_documents
+from lmscope.data.corpus import corpus_documents, corpus_stream
 
 _PREFIX = re.compile(r"^[rRbBuUfF]*")
 
@@ -125,5 +125,37 @@ def string_windows(tokenizer, *, n_windows: int, seq_len: int = 128, split: str 
             ids.append(([bos] if bos is not None else []) + toks[s : s + body])
             labs.append(([False] if bos is not None else []) + lab[s : s + body])
             if len(ids) == n_windows:
+                return LabelledWindows(torch.tensor(ids), torch.tensor(labs), split)
+    raise ValueError(f"the {split!r} split yields only {len(ids)} windows of {seq_len} tokens; asked for {n_windows}")
+
+
+def pattern_windows(tokenizer, pattern: str, *, n_windows: int, seq_len: int = 128, split: str = "train", seed: int = 0,
+                    sources: tuple[str, ...] = ()) -> LabelledWindows:  # fmt: skip
+    """``n_windows`` windows of ``seq_len`` tokens from ``sources`` (any corpus: built-in names or your files), a token
+    labelled True when it lies inside a match of the regular expression ``pattern`` (e.g. ``'"[^"]*"'`` for quoted
+    text, ``r"\b[A-Z][a-z]+"`` for capitalised words)."""
+    if n_windows < 1 or seq_len < 2:
+        raise ValueError(f"need n_windows >= 1 and seq_len >= 2, got {n_windows}, {seq_len}")
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"--label {pattern!r} is not a regular expression: {exc}") from None
+    bos = getattr(tokenizer, "bos_token_id", None)
+    body = seq_len - (1 if bos is not None else 0)
+    ids: list[list[int]] = []
+    labs: list[list[bool]] = []
+    positives = 0
+    for text in corpus_stream(split=split, seed=seed, sources=sources):  # type: ignore[arg-type]
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        spans = [m.span() for m in rx.finditer(text) if m.end() > m.start()]
+        lab = token_labels(enc["offset_mapping"], spans)
+        toks = enc["input_ids"]
+        for st in range(0, len(toks) - body + 1, body):
+            ids.append(([bos] if bos is not None else []) + toks[st : st + body])
+            labs.append(([False] if bos is not None else []) + lab[st : st + body])
+            positives += sum(lab[st : st + body])
+            if len(ids) == n_windows:
+                if positives == 0:
+                    raise ValueError(f"--label {pattern!r} matches no token in {n_windows} {split} windows")
                 return LabelledWindows(torch.tensor(ids), torch.tensor(labs), split)
     raise ValueError(f"the {split!r} split yields only {len(ids)} windows of {seq_len} tokens; asked for {n_windows}")
