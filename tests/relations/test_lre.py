@@ -108,3 +108,17 @@ def test_bundled_model_knows_most_capitals(smollm: ls.Model) -> None:
     rel = R.load_relation("country_capital")
     st = R.subject_states(smollm, rel, rel.test[:12], layer=8)
     assert float(st.correct.float().mean()) >= 0.5
+
+
+def test_the_experiment_chooses_the_layer_on_dev_subjects(tmp_path) -> None:
+    import math
+
+    from lmscope.experiments import run
+    from lmscope.relations.experiments import LRE as LREExperiment
+
+    res = run(LREExperiment(relations=("country_capital",), layers=(0, 1), n_prompts=1, n_icl=1), model=ls.load_tiny("llama"),
+              out=tmp_path, quiet=True)  # fmt: skip
+    rows, best = res.data["rows"], res.data["best"]["country_capital"]
+    dev = [-1.0 if math.isnan(r["dev_faithfulness"]) else r["dev_faithfulness"] for r in rows]
+    assert best["layer"] == rows[dev.index(max(dev))]["layer"]  # the first layer with the best dev score
+    assert all("dev_faithfulness" in r for r in rows)
