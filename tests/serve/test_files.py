@@ -91,6 +91,9 @@ def test_the_serve_command_starts_answers_and_stops_on_ctrl_c(results: Path) -> 
         lens = httpx.post(f"{url}/api/lens", json={"prompt": "the dog"}, timeout=60)
         assert lens.status_code == 200 and lens.json()["layers"]
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
+        try:  # alone it exits in about a second; a loaded 2-core machine has taken over 30 s
+            assert proc.wait(180) == 0, proc.stderr.read()
+        except subprocess.TimeoutExpired:
+            raise AssertionError("lmscope serve did not exit within 180 s of Ctrl-C") from None
     finally:
         proc.kill()
