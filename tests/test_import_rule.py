@@ -1,6 +1,6 @@
 """DESIGN.md's dependency rule, floor by floor: core imports nothing above it; data imports core; the
 substrate (lmscope.experiments) imports core and data; a method family imports those three, never a
-sibling family; the tour imports anything but the CLI. No floor imports the package root."""
+sibling family; reproduce imports anything but the CLI. No floor imports the package root."""
 
 from __future__ import annotations
 
@@ -66,8 +66,9 @@ def test_substrate_imports_only_core_and_data() -> None:
     assert offences == [], offences
 
 
-def test_tour_never_imports_the_cli() -> None:
-    offences = [f"tour.py imports {n}" for n in _imports(SRC / "tour.py") if n == "lmscope" or n.startswith("lmscope.cli")]
+def test_reproduce_never_imports_the_cli() -> None:
+    names = _imports(SRC / "reproduce.py")
+    offences = [f"reproduce.py imports {n}" for n in names if n == "lmscope" or n.startswith("lmscope.cli")]
     assert offences == [], offences
 
 

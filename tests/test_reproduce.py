@@ -65,6 +65,20 @@ def test_a_stop_with_one_setting_changed_runs_again(tmp_path, monkeypatch) -> No
     assert read_result(tmp_path / "icl-rank1" / "rank1")["config"]["k"] == 3
 
 
+def test_a_checkpoint_of_other_work_is_moved_aside_not_mixed_in(tmp_path, monkeypatch) -> None:
+    model = ls.load_tiny("llama")
+    run(Reproduce(size="smoke", only=("steer-sentiment",)), model=model, out=tmp_path, quiet=True)
+    sweep = tmp_path / "steer-sentiment" / "sweep"
+    (sweep / "result.json").unlink()  # as if interrupted: only the checkpoint is left ...
+    stop = next(s for s in STOPS if s.name == "steer-sentiment")
+    changed = dataclasses.replace(stop, smoke={**stop.smoke, "sweep": {**stop.smoke["sweep"], "max_new_tokens": 2}})
+    monkeypatch.setattr(reproduce_mod, "STOPS", tuple(changed if s is stop else s for s in STOPS))
+    again = run(Reproduce(size="smoke", only=("steer-sentiment",)), model=model, out=tmp_path, quiet=True)  # ... of other work
+    assert again.data["steer-sentiment"]["status"] == "ran"
+    assert read_result(sweep)["config"]["max_new_tokens"] == 2
+    assert (tmp_path / "steer-sentiment" / "sweep.stale-1" / "checkpoint.json").exists()  # kept, not mixed in
+
+
 def test_verdicts_follow_the_thresholds() -> None:
     up = Stop("x", "f", "p", (), lambda s: 0.0, "v", reproduced=0.5, partly=0.2)
     assert [up.verdict(v) for v in (0.6, 0.5, 0.3, 0.1, float("nan"))] == [

@@ -49,7 +49,7 @@ _WHERE = {name: "lmscope.core" for name in (
 
 
 _SUBPACKAGES = ("circuits", "cli", "core", "data", "experiments", "icl", "introspection", "lenses", "neurons",
-                "relations", "saes", "sparse", "steering", "tour")  # fmt: skip
+                "relations", "saes", "sparse", "steering", "reproduce")  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lmscope.circuits.experiments import Circuit, Patch
-from lmscope.experiments import Context, Experiment, Result, param, read_result, run
+from lmscope.experiments import Context, Experiment, Result, StaleResume, param, read_result, run
 from lmscope.experiments.report import html_table
 from lmscope.experiments.runner import experiment_identity
 from lmscope.icl.experiments import ICLRank1, ICLVectors
@@ -249,6 +249,20 @@ def _done(exp: Experiment, model: Any, folder: Path) -> dict[str, Any] | None:
     return saved if (saved.get("identity") or {}).get("digest") == experiment_identity(exp, model).digest else None
 
 
+def _run_fresh(exp: Experiment, model: Any, folder: Path, ctx: Context) -> Result:
+    """Run ``exp`` into ``folder``, resuming its own checkpoint; a checkpoint of other work (a stop whose settings
+    changed) is moved aside to ``<step>.stale-N`` (kept, never mixed in) and the step starts over."""
+    try:
+        return run(exp, model=model, out=folder, quiet=ctx.quiet)
+    except StaleResume as exc:
+        n = 1
+        while folder.with_name(f"{folder.name}.stale-{n}").exists():
+            n += 1
+        aside = folder.rename(folder.with_name(f"{folder.name}.stale-{n}"))
+        ctx.log(f"{folder} held other work ({str(exc).split(':', 1)[-1].strip()[:120]}): moved to {aside.name}")
+        return run(exp, model=model, out=folder, quiet=ctx.quiet)
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -315,7 +329,7 @@ class Reproduce(Experiment):
                 saved = _done(exp, model, folder)
                 if saved is None:
                     ctx.log(f"{stop.name}/{step}: {exp.command}")
-                    res = run(exp, model=model, out=folder, quiet=ctx.quiet)
+                    res = _run_fresh(exp, model, folder, ctx)
                     summary, status, ident = res.summary, "ran", res.identity["digest"]
                 else:
                     summary, ident = saved["summary"], saved["identity"]["digest"]

@@ -65,7 +65,7 @@ RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (
                       "2")),
     ("sparse prune", ("--run-dir", "{w}/sparse-train", "--n-prompts", "8", "--steps", "4", "--threshold", "10")),
     ("sparse bridge", ("--run-dir", "{w}/sparse-train", "--steps", "3", "--batch", "4")),
-    ("tour", ("--only", "icl-rank1")),
+    ("reproduce", ("--size", "smoke", "--only", "icl-rank1")),
 )  # fmt: skip
 TINY_MODEL_FREE = {"steer export", "sparse train", "sparse prune", "sparse bridge"}
 BUNDLED = {"multihop"}
@@ -170,7 +170,7 @@ def test_a_missing_optional_package_is_one_line_before_any_work(tmp_path, capsys
     err = capsys.readouterr().err
     assert "needs vaderSentiment" in err and "lmscope[metrics]" in err and err.count("\n") == 1
     assert not (tmp_path / "result.json").exists()
-    assert main(["tour", "--only", "steer-sentiment", "--tiny", "llama", "--out", str(tmp_path / "t")]) == 2
+    assert main(["reproduce", "--only", "steer-sentiment", "--tiny", "llama", "--out", str(tmp_path / "t")]) == 2
 
 
 def test_an_output_path_that_is_a_file_is_a_usage_error(tmp_path, capsys) -> None:

@@ -64,8 +64,8 @@ def test_a_device_map_auto_split_between_gpu_and_cpu_matches(smollm: ls.Model, t
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_every_tour_stop_runs_on_the_gpu(tmp_path: Path, dtype: str) -> None:
-    assert main(["tour", "--device", "cuda", "--dtype", dtype, "--quiet", "--out", str(tmp_path)]) == 0
+def test_every_reproduce_stop_runs_on_the_gpu(tmp_path: Path, dtype: str) -> None:
+    assert main(["reproduce", "--device", "cuda", "--dtype", dtype, "--quiet", "--out", str(tmp_path)]) == 0
     results = list(tmp_path.rglob("result.json"))
     assert len(results) > 5
     for path in results:

@@ -9,11 +9,11 @@ from lmscope.introspection.experiments import Introspect
 from lmscope.lenses.experiments import LogitLens, MultiHop, Patchscope, TunedLensCompare, TunedLensTrain
 from lmscope.neurons.experiments import NeuronsAblate, NeuronsCorrelate, NeuronsRecord, NeuronsScale, NeuronsTop
 from lmscope.relations.experiments import LRE
+from lmscope.reproduce import Reproduce
 from lmscope.saes.compare import SAECompare
 from lmscope.saes.experiments import SAEDashboard, SAEEval, SAESteer, SAETrain
 from lmscope.sparse.experiments import SparseBridge, SparsePrune, SparseTrain
 from lmscope.steering.experiments import SteerApply, SteerExport, SteerExtract, SteerOrganism, SteerSweep
-from lmscope.tour import Tour
 
 COMMANDS = (
     Info, Harvest,
@@ -26,5 +26,5 @@ COMMANDS = (
     Patch, Attribute, Circuit,
     LRE,
     SparseTrain, SparsePrune, SparseBridge,
-    Tour,
+    Reproduce,
 )  # fmt: skip

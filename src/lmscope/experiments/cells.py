@@ -1,6 +1,6 @@
 """A resumable grid of cells: each finished cell is written at once, keyed by the work's identity.
 
-Sweeps (layers x scales), introspection grids and tours finish cell by cell. A
+Sweeps (layers x scales), introspection grids and reproduce reports finish cell by cell. A
 :class:`CellCheckpoint` keeps finished cells in one JSON file with the :class:`Identity` they
 were computed under; opening it with another identity raises :class:`StaleResume` naming what
 changed, so a rerun with other prompts, another vector or another model never reuses a cell.

@@ -78,7 +78,7 @@ class Result:
 
     title: str
     summary: dict[str, Any] = field(default_factory=dict)
-    """The headline numbers (what the tour and the closing line of a command read)."""
+    """The headline numbers (what the reproduce report and the closing line of a command read)."""
     data: dict[str, Any] = field(default_factory=dict)
     """Everything else worth keeping, JSON-able."""
     lines: list[str] = field(default_factory=list)

@@ -14,7 +14,7 @@
 
 Its fields are its whole configuration: the CLI is generated from them (one flag per field, one
 vocabulary: ``--layers`` always takes the same layer-list grammar, ``--strength`` is every strength,
-``--prompts`` every prompt file), the tour lists experiments as values, and the identity that keys
+``--prompts`` every prompt file), ``lmscope reproduce`` lists experiments as values, and the identity that keys
 results and resumes is the hash of the fields with the model's weights and the input data
 (:meth:`Experiment.inputs`). :meth:`Experiment.check` runs before any model loads, so a bad input
 file is a usage error that costs nothing.
@@ -64,7 +64,7 @@ class Experiment:
     command: ClassVar[str] = ""
     """How the CLI names it (``"steer sweep"``)."""
     about: ClassVar[str] = ""
-    """One line for ``--help`` and the tour."""
+    """One line for ``--help``."""
     uses_model: ClassVar[bool] = True
     """False for experiments that build their own models or only convert files."""
     data_parallel: ClassVar[bool] = False

@@ -123,11 +123,11 @@ def _headline(summary: dict[str, Any], n: int = 6) -> dict[str, Any]:
 
 
 def verdict(doc: dict[str, Any]) -> str | None:
-    """The verdict a result states: its own ``verdict``, or a tour's counts of verdicts."""
+    """The verdict a result states: its own ``verdict``, or a reproduce report's counts of verdicts."""
     summary = doc.get("summary") or {}
     if isinstance(summary.get("verdict"), str):
         return summary["verdict"]
-    if doc.get("command") == "tour":
+    if doc.get("command") == "reproduce":
         counts: dict[str, int] = {}
         for stop in (doc.get("data") or {}).values():
             if isinstance(stop, dict) and isinstance(stop.get("verdict"), str):
