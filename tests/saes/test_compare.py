@@ -52,3 +52,18 @@ def test_rerunning_a_finished_harvest_leaves_its_manifest_untouched(tmp_path: Pa
     before = (tmp_path / "manifest.json").read_bytes()
     harvest(model, cfg, tmp_path)
     assert (tmp_path / "manifest.json").read_bytes() == before  # SAE checkpoints fingerprint it
+
+
+def test_a_sweep_keeps_the_coefficient_whose_training_l0_is_closest_to_k(tmp_path: Path) -> None:
+    model = ls.load_tiny("llama")
+    exp = SAECompare(site="blocks.1.hook_resid_post", d_sae=64, k=8, tokens=2048, store_tokens=1024, batch=256, windows=2,
+                     seq_len=32, archs=("standard",), sweep_l1=(0.01, 30.0))  # fmt: skip
+    res = run(exp, model=model, out=tmp_path, quiet=True)
+    rows = {r[1]: r for r in res.data["sweep"]}
+    assert set(rows) == {0.01, 30.0} and sum(r[4] == "chosen" for r in rows.values()) == 1
+    chosen = min(rows.values(), key=lambda r: abs(r[2] - 8))
+    assert chosen[4] == "chosen" and res.summary["standard"]["coefficient"] == chosen[1]
+    assert rows[0.01][2] > rows[30.0][2]  # a weaker penalty leaves more latents active
+    assert (tmp_path / f"standard-{chosen[1]:g}" / "sae").exists()
+    with pytest.raises(ValueError, match="positive"):
+        SAECompare(sweep_l0=(0.0,)).validate()

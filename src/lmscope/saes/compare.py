@@ -6,8 +6,11 @@ One harvest (or ``--store``) feeds ReLU-L1 (``standard``), TopK, BatchTopK and J
 same width, optimiser and token budget; each is evaluated with :func:`~lmscope.saes.metrics.evaluate_sae`
 on held-out windows (L0, FVU, CE loss recovered, KL, dead and dense latents). TopK and BatchTopK get
 their sparsity from ``--k``; ReLU-L1 and JumpReLU from their coefficients (``--l1``, ``--l0``), so their
-L0 is whatever those coefficients give: compare rows at similar L0, or sweep the coefficients.
-Each SAE trains in its own subfolder with checkpoints, so an interrupted comparison resumes.
+L0 is whatever those coefficients give. ``--sweep-l1`` / ``--sweep-l0`` train one ReLU-L1 / JumpReLU SAE
+per coefficient and keep the one whose L0 on its own *training* batches (the mean of the last logged
+steps) is closest to ``--k``, so every row is compared at about the same L0, the choice made on
+training data and the row reported on held-out text. Each SAE trains in its own subfolder with
+checkpoints, so an interrupted comparison resumes.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ class SAECompare(Experiment):
     k: int = param(32, "active latents (topk, batchtopk)")
     l1: float = param(SAEConfig.l1_coeff, "L1 coefficient (standard)")
     l0: float = param(SAEConfig.l0_coeff, "L0 coefficient (jumprelu)")
+    sweep_l1: tuple[float, ...] = param((), "L1 coefficients to sweep (standard): keep the one whose training L0 is "
+                                        "closest to --k")  # fmt: skip
+    sweep_l0: tuple[float, ...] = param((), "L0 coefficients to sweep (jumprelu), chosen the same way")
     tokens: int = param(131072, "training tokens per SAE (beyond the store: epochs)")
     store_tokens: int = param(65536, "tokens harvested when there is no --store")
     store: str | None = param(None, "activation store to train from (else one is harvested into --out/store)")
@@ -56,6 +62,8 @@ class SAECompare(Experiment):
             raise ValueError(f"--d-sae and --k must be positive, got {self.d_sae}, {self.k}")
         if not self.archs:
             raise ValueError("--archs is empty")
+        if any(c <= 0 for c in (*self.sweep_l1, *self.sweep_l0)):
+            raise ValueError("sparsity coefficients must be positive")
         user_files(self.corpus)
         if self.store:
             from lmscope.experiments.store import ActivationStore
@@ -84,26 +92,49 @@ class SAECompare(Experiment):
         source = StoreSource(store, self.site, seed=self.seed)
         chunks = _chunks(model, self.windows, self.seq_len, "heldout", self.corpus)
         rows: list[list[Any]] = []
+        sweep_rows: list[list[Any]] = []
+        artifacts: dict[str, str] = {}
         summary: dict[str, Any] = {}
         for arch in self.archs:
-            cfg = SAEConfig(arch, source.d_in, self.d_sae, k=self.k if arch in ("topk", "batchtopk") else None,
-                            l1_coeff=self.l1, l0_coeff=self.l0, normalize_activations=self.normalize, hook_name=self.site,
-                            model_name=model.model_id)  # fmt: skip
-            tcfg = TrainConfig(total_tokens=self.tokens, batch_size=self.batch, lr=self.lr, seed=self.seed,
-                               progress=not ctx.quiet)  # fmt: skip
-            ctx.log(f"training {arch}")
-            res = train_sae(source, cfg, tcfg, out_dir=out / arch, device=model.device)
-            save_saelens(res.sae, out / arch / "sae")
+            coeffs = {"standard": self.sweep_l1, "jumprelu": self.sweep_l0}.get(arch) or (None,)
+            trained = []
+            for c in coeffs:
+                l1 = self.l1 if arch != "standard" or c is None else c
+                l0 = self.l0 if arch != "jumprelu" or c is None else c
+                cfg = SAEConfig(arch, source.d_in, self.d_sae, k=self.k if arch in ("topk", "batchtopk") else None,
+                                l1_coeff=l1, l0_coeff=l0, normalize_activations=self.normalize, hook_name=self.site,
+                                model_name=model.model_id)  # fmt: skip
+                tcfg = TrainConfig(total_tokens=self.tokens, batch_size=self.batch, lr=self.lr, seed=self.seed,
+                                   progress=not ctx.quiet)  # fmt: skip
+                folder = out / (arch if c is None else f"{arch}-{c:g}")
+                ctx.log(f"training {arch}" + ("" if c is None else f" (coefficient {c:g})"))
+                res = train_sae(source, cfg, tcfg, out_dir=folder, device=model.device)
+                tail = res.log[-3:] or [{"l0": float("nan"), "fvu": float("nan")}]
+                train_l0 = sum(r["l0"] for r in tail) / len(tail)
+                train_fvu = sum(r["fvu"] for r in tail) / len(tail)
+                trained.append((c, res, folder, train_l0, train_fvu))
+            c, res, folder, _, _ = min(trained, key=lambda t: abs(t[3] - self.k) if t[3] == t[3] else float("inf"))
+            if len(trained) > 1:
+                for tc, _, _, tl0, tfvu in trained:
+                    sweep_rows.append([arch, tc, round(tl0, 2), round(tfvu, 4), "chosen" if tc == c else ""])
+            save_saelens(res.sae, folder / "sae")
             ev = evaluate_sae(model, res.sae, chunks).summary()
             summary[arch] = {k: ev[k] for k in (*COLUMNS, "ce_clean", "ce_spliced", "ce_zero", "tokens")}
             summary[arch]["train_s"] = round(res.wall_s, 1)
-            rows.append([arch, *(round(ev[c], 4) for c in COLUMNS), round(res.wall_s, 1)])
-            ctx.log(f"{arch}: " + ", ".join(f"{c} {ev[c]:.4g}" for c in COLUMNS))
+            if c is not None:
+                summary[arch]["coefficient"] = c
+            label = arch if c is None else f"{arch} ({c:g})"
+            rows.append([label, *(round(ev[col], 4) for col in COLUMNS), round(res.wall_s, 1)])
+            ctx.log(f"{label}: " + ", ".join(f"{col} {ev[col]:.4g}" for col in COLUMNS))
+            artifacts[arch] = f"{folder.name}/sae"
         page = Result(f"Four SAE variants at {self.site}: {self.d_sae} latents, {self.tokens} training tokens",
                       summary=summary)  # fmt: skip
         page.table("Held-out evaluation", ["variant", *COLUMNS, "train s"], rows)
-        for arch in self.archs:
-            page.artifacts[arch] = f"{arch}/sae"
+        if sweep_rows:
+            page.table(f"Coefficient sweeps: the coefficient whose training L0 is closest to k={self.k} is kept",
+                       ["variant", "coefficient", "train L0", "train FVU", ""], sweep_rows)  # fmt: skip
+            page.data = {"sweep": sweep_rows}
+        page.artifacts.update(artifacts)
         page.say(f"evaluated on {self.windows} held-out windows of {self.seq_len} tokens; k={self.k} (topk, "
                  f"batchtopk), l1={self.l1} (standard), l0={self.l0} (jumprelu)")  # fmt: skip
         for row in rows:
