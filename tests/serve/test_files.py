@@ -75,8 +75,9 @@ def test_the_serve_command_starts_answers_and_stops_on_ctrl_c(results: Path) -> 
 
     import httpx
 
-    proc = subprocess.Popen([sys.executable, "-m", "lmscope", "serve", str(results), "--tiny", "llama", "--port", "0"],
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN, "this test process ignores Ctrl-C: the child would too"
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "lmscope", "serve", str(results), "--tiny", "llama",
+                             "--port", "0"], stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         url = None
         deadline = time.monotonic() + 120
@@ -86,14 +87,22 @@ def test_the_serve_command_starts_answers_and_stops_on_ctrl_c(results: Path) -> 
             m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
             url = m and m.group(1)
         assert url, "no URL printed"
+        import threading
+
+        rest: list[str] = []  # keep reading its stderr, so a full pipe can never block the server
+        threading.Thread(target=lambda: rest.extend(proc.stderr), daemon=True).start()
         info = httpx.get(f"{url}/api/info", timeout=30).json()
         assert info["model"]["model"].startswith("tiny-llama")
         lens = httpx.post(f"{url}/api/lens", json={"prompt": "the dog"}, timeout=60)
         assert lens.status_code == 200 and lens.json()["layers"]
         proc.send_signal(signal.SIGINT)
         try:  # alone it exits in about a second; a loaded 2-core machine has taken over 30 s
-            assert proc.wait(180) == 0, proc.stderr.read()
+            assert proc.wait(180) == 0, "".join(rest)
         except subprocess.TimeoutExpired:
-            raise AssertionError("lmscope serve did not exit within 180 s of Ctrl-C") from None
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack: where it hangs
+            proc.wait(60)
+            time.sleep(1)
+            raise AssertionError("lmscope serve did not exit within 180 s of Ctrl-C; its threads:\n"
+                                 + "".join(rest)[-6000:]) from None
     finally:
         proc.kill()
