@@ -22,4 +22,6 @@ if distributed.is_main():
 
     save_file({k: v.contiguous() for k, v in res.sae.state_dict().items()}, str(out / f"weights-{res.steps}.safetensors"))
     (out / f"resumed-{res.steps}.txt").write_text(str(res.resumed_from))
-dist.destroy_process_group() if dist.is_initialized() else None
+if dist.is_initialized():  # both ranks past every write before the group goes (a rank tearing gloo down while the
+    dist.barrier()         # other still talks has aborted with "terminate called without an active exception")
+    dist.destroy_process_group()

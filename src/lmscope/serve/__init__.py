@@ -15,6 +15,7 @@ in the foreground until Ctrl-C.
 from __future__ import annotations
 
 import ipaddress
+import signal
 import sys
 import threading
 import time
@@ -81,6 +82,10 @@ def serve(results: str, model: Any = None, *, host: str = "127.0.0.1", port: int
     if not _loopback(host):
         print(f"lmscope serve: listening on {host}, reachable from other machines: anyone who can reach it can run "
               "the model and read every file under the results folder", file=sys.stderr)  # fmt: skip
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # started with Ctrl-C ignored (a background job of a script, or a parent that ignores it): Ctrl-C and
+        # `kill -INT` are how this server is documented to stop, so take SIGINT back
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     running = start(results, model, host=host, port=port, timeout=timeout, max_waiting=max_waiting)
     print(f"lmscope explorer on {running.url} (results {results}); Ctrl-C stops it", file=sys.stderr, flush=True)
     try:
