@@ -28,11 +28,21 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
+def _clean_signals() -> None:
+    """The children start with default signal handling and nothing blocked, whatever state the test process is in
+    after the rest of the suite (it has been seen ignoring SIGINT there)."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _torchrun(*args: str, ranks: int = 2, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}", "--nnodes=1",
            "--master-addr=127.0.0.1", f"--master-port={_port()}", *args]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LMSCOPE_THREADS": "2"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, preexec_fn=_clean_signals)
     assert done.returncode == 0 or not check, done.stderr[-4000:]
     return done
 
