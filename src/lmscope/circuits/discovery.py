@@ -196,8 +196,9 @@ def _acdc_sequential(s: Setup, level: str, threshold: float, candidates: Tensor 
                 k2 = keep.clone()
                 k2[w] = False
                 val = float(s.evaluate(node_removed(s, k2)[None])[0])
-                scores[w] = torch.where(s.valid[w], torch.tensor(abs(current - val) / abs(gap)), torch.tensor(float("nan")))
-                if abs(current - val) / abs(gap) < threshold:
+                change = abs(current - val) / abs(gap)
+                scores[w] = torch.where(s.valid[w], torch.tensor(change), torch.tensor(float("nan")))
+                if change < threshold:
                     keep, current = k2, val
             if progress:
                 ws = g.layer_writers(layer)
@@ -218,8 +219,8 @@ def _acdc_sequential(s: Setup, level: str, threshold: float, candidates: Tensor 
             k2 = kept.clone()
             k2[w, r] = False
             val = float(s.evaluate((s.valid & ~k2)[None])[0])
-            scores[w, r] = abs(current - val) / abs(gap)
-            if abs(current - val) / abs(gap) < threshold:
+            scores[w, r] = change = abs(current - val) / abs(gap)
+            if change < threshold:
                 kept, current = k2, val
         if progress and ws:
             progress(f"{g.readers[r]}: {int(kept[:, r].sum())}/{len(ws)} edges kept, metric {s.normalize(current):.3f}")

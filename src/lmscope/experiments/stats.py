@@ -5,7 +5,8 @@
   same items (paired: each item is resampled with both its outcomes);
 - :func:`compare`: an effect against its control as one JSON record with a verdict, "effect"
   only when the interval of the difference excludes zero in the claimed direction;
-  :func:`compare_means` the same for scores that are not 0/1 (sentiment, log-probabilities).
+  :func:`compare_means` the same for scores that are not 0/1 (sentiment, log-probabilities);
+- :func:`random_like`: the equal-norm random vector every "random direction" control uses.
 
     >>> lo, hi = wilson(3, 20)
     >>> round(lo, 3), round(hi, 3)
@@ -75,3 +76,11 @@ def compare_means(effect: Sequence[float], control: Sequence[float], *, directio
     yes = lo > 0 if direction > 0 else hi < 0
     return {"mean": mean, "n": len(effect), "control_mean": cmean, "control_n": len(control),
             "difference": mean - cmean, "difference_ci": (lo, hi), "verdict": "effect" if yes else "no effect"}  # fmt: skip
+
+
+def random_like(v: torch.Tensor, seed: int | torch.Generator) -> torch.Tensor:
+    """A seeded random direction with the norm of ``v`` (the equal-norm control of a vector); ``seed`` may be a
+    generator, so that several draws come from one seeded stream."""
+    gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+    r = torch.randn(v.shape, generator=gen).to(v)
+    return r / r.norm() * v.norm()

@@ -21,6 +21,7 @@ from lmscope.core.model import Model
 from lmscope.core.sites import Site
 from lmscope.experiments.progress import Log
 from lmscope.experiments.report import Result, new_figure
+from lmscope.experiments.stats import random_like
 from lmscope.icl.function_vectors import aie_from_prompts, function_vector, head_prompts, top_heads
 from lmscope.icl.tasks import FORMATS, Task, first_token_accuracy, load_task, make_queries, predict
 from lmscope.icl.vectors import TaskVectors, ZeroShot, add_at_last, build_vectors, evaluate_injection, injected_logits
@@ -49,8 +50,7 @@ def random_control(model: Model, runs: ZeroShot, targets: list[int], method: str
     gen = torch.Generator().manual_seed(seed)
     accs = []
     for _ in range(draws):
-        r = torch.randn(vector.shape, generator=gen)
-        r = r * (vector.float().norm() / r.norm())
+        r = random_like(vector.float(), gen)
         if method == "task_vector":
             logits = injected_logits(model, runs, lambda last, r=r: {Site("resid_post", layer): edits.replace(r, positions=last)},
                                      start=layer)  # fmt: skip
@@ -113,13 +113,13 @@ def vectors_report(
         control = random_control(model, runs, q.targets, m_best, _vector_of(vecs, m_best, layers[j_best], fv),
                                  layers[j_best], seed=seed)  # fmt: skip
         liu_s = max(LIU_STRENGTHS, key=lambda s: row["dev"]["liu"][str(s)])
+        on_dev = {m: max(range(len(layers)), key=lambda i, m=m: row["dev"][m][i]) for m in METHODS if m in row}
         result["summary"][name] = {
             "zero_shot": row["zero_shot"], "icl": row["icl"], "best_method": m_best, "best_layer": layers[j_best],
             "best_acc": row[m_best][j_best], "best_dev_acc": row["dev"][m_best][j_best], "control": control,
             "liu_best": row["liu"][str(liu_s)], "liu_best_strength": liu_s,
-            **{f"best_{m}": row[m][max(range(len(layers)), key=lambda i, m=m: row["dev"][m][i])] for m in METHODS if m in row},
-            **{f"best_layer_{m}": layers[max(range(len(layers)), key=lambda i, m=m: row["dev"][m][i])]
-               for m in METHODS if m in row},
+            **{f"best_{m}": row[m][j] for m, j in on_dev.items()},
+            **{f"best_layer_{m}": layers[j] for m, j in on_dev.items()},
         }  # fmt: skip
     return _write(model, result, out, layers)
 

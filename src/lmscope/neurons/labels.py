@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import re
 import tokenize
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -103,30 +104,41 @@ class LabelledWindows:
     """Corpus split the windows come from."""
 
 
+def _windows(tokenizer, labelled: Iterator[tuple[list[int], list[bool]]], n_windows: int, seq_len: int,
+             split: str) -> LabelledWindows:  # fmt: skip
+    """Cut (token ids, labels) documents into ``n_windows`` windows of ``seq_len`` (BOS first, labelled False)."""
+    if n_windows < 1 or seq_len < 2:
+        raise ValueError(f"need n_windows >= 1 and seq_len >= 2, got {n_windows}, {seq_len}")
+    bos = getattr(tokenizer, "bos_token_id", None)
+    head, head_label = ([bos], [False]) if bos is not None else ([], [])
+    body = seq_len - len(head)
+    ids: list[list[int]] = []
+    labs: list[list[bool]] = []
+    for toks, lab in labelled:
+        for s in range(0, len(toks) - body + 1, body):
+            ids.append(head + toks[s : s + body])
+            labs.append(head_label + lab[s : s + body])
+            if len(ids) == n_windows:
+                return LabelledWindows(torch.tensor(ids), torch.tensor(labs), split)
+    raise ValueError(f"the {split!r} split yields only {len(ids)} windows of {seq_len} tokens; asked for {n_windows}")
+
+
 def string_windows(tokenizer, *, n_windows: int, seq_len: int = 128, split: str = "train", seed: int = 0,
                    triple_quoted: bool = True) -> LabelledWindows:  # fmt: skip
     """``n_windows`` windows of ``seq_len`` tokens from the corpus with inside-a-string labels.
 
     ``triple_quoted=False`` labels only single-quoted strings (docstrings count as outside).
     """
-    if n_windows < 1 or seq_len < 2:
-        raise ValueError(f"need n_windows >= 1 and seq_len >= 2, got {n_windows}, {seq_len}")
-    bos = getattr(tokenizer, "bos_token_id", None)
-    body = seq_len - (1 if bos is not None else 0)
-    ids: list[list[int]] = []
-    labs: list[list[bool]] = []
-    for doc in corpus_documents(split=split, seed=seed, sources=("stdlib",)):  # type: ignore[arg-type]
-        text = doc.text()
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        spans, known = labelled_spans(text, triple_quoted=triple_quoted)
-        lab = token_labels(enc["offset_mapping"], spans)
-        toks = [t for t, (_, b) in zip(enc["input_ids"], enc["offset_mapping"], strict=True) if b <= known]
-        for s in range(0, len(toks) - body + 1, body):
-            ids.append(([bos] if bos is not None else []) + toks[s : s + body])
-            labs.append(([False] if bos is not None else []) + lab[s : s + body])
-            if len(ids) == n_windows:
-                return LabelledWindows(torch.tensor(ids), torch.tensor(labs), split)
-    raise ValueError(f"the {split!r} split yields only {len(ids)} windows of {seq_len} tokens; asked for {n_windows}")
+
+    def labelled() -> Iterator[tuple[list[int], list[bool]]]:
+        for doc in corpus_documents(split=split, seed=seed, sources=("stdlib",)):  # type: ignore[arg-type]
+            text = doc.text()
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            spans, known = labelled_spans(text, triple_quoted=triple_quoted)
+            toks = [t for t, (_, b) in zip(enc["input_ids"], enc["offset_mapping"], strict=True) if b <= known]
+            yield toks, token_labels(enc["offset_mapping"], spans)
+
+    return _windows(tokenizer, labelled(), n_windows, seq_len, split)
 
 
 def pattern_windows(tokenizer, pattern: str, *, n_windows: int, seq_len: int = 128, split: str = "train", seed: int = 0,
@@ -134,28 +146,18 @@ def pattern_windows(tokenizer, pattern: str, *, n_windows: int, seq_len: int = 1
     """``n_windows`` windows of ``seq_len`` tokens from ``sources`` (any corpus: built-in names or your files), a token
     labelled True when it lies inside a match of the regular expression ``pattern`` (e.g. ``'"[^"]*"'`` for quoted
     text, ``r"\b[A-Z][a-z]+"`` for capitalised words)."""
-    if n_windows < 1 or seq_len < 2:
-        raise ValueError(f"need n_windows >= 1 and seq_len >= 2, got {n_windows}, {seq_len}")
     try:
         rx = re.compile(pattern)
     except re.error as exc:
         raise ValueError(f"--label {pattern!r} is not a regular expression: {exc}") from None
-    bos = getattr(tokenizer, "bos_token_id", None)
-    body = seq_len - (1 if bos is not None else 0)
-    ids: list[list[int]] = []
-    labs: list[list[bool]] = []
-    positives = 0
-    for text in corpus_stream(split=split, seed=seed, sources=sources):  # type: ignore[arg-type]
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        spans = [m.span() for m in rx.finditer(text) if m.end() > m.start()]
-        lab = token_labels(enc["offset_mapping"], spans)
-        toks = enc["input_ids"]
-        for st in range(0, len(toks) - body + 1, body):
-            ids.append(([bos] if bos is not None else []) + toks[st : st + body])
-            labs.append(([False] if bos is not None else []) + lab[st : st + body])
-            positives += sum(lab[st : st + body])
-            if len(ids) == n_windows:
-                if positives == 0:
-                    raise ValueError(f"--label {pattern!r} matches no token in {n_windows} {split} windows")
-                return LabelledWindows(torch.tensor(ids), torch.tensor(labs), split)
-    raise ValueError(f"the {split!r} split yields only {len(ids)} windows of {seq_len} tokens; asked for {n_windows}")
+
+    def labelled() -> Iterator[tuple[list[int], list[bool]]]:
+        for text in corpus_stream(split=split, seed=seed, sources=sources):  # type: ignore[arg-type]
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            spans = [m.span() for m in rx.finditer(text) if m.end() > m.start()]
+            yield enc["input_ids"], token_labels(enc["offset_mapping"], spans)
+
+    got = _windows(tokenizer, labelled(), n_windows, seq_len, split)
+    if not bool(got.labels.any()):
+        raise ValueError(f"--label {pattern!r} matches no token in {n_windows} {split} windows")
+    return got

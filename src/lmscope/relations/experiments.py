@@ -73,15 +73,13 @@ class LRE(Experiment):
             if self.save_lres:
                 prov = Provenance.of(model, layer=layer, dataset=rel.train)
                 lre.save(ctx.folder() / f"lre_{name}_L{layer}.safetensors", provenance=prov)
+        def score(x: float) -> float:
+            return -1.0 if math.isnan(x) else x
+
         best: dict[str, dict[str, Any]] = {}  # the layer is chosen on dev subjects; its test faithfulness is reported
-        for r in rows:
-            dv = r["dev_faithfulness"] if not math.isnan(r["dev_faithfulness"]) else -1.0
-            if r["relation"] not in best or dv > best[r["relation"]]["_dev"]:
-                best[r["relation"]] = {**r, "_dev": dv}
-        for v in best.values():
-            v.pop("_dev")
-            if math.isnan(v["faithfulness"]):
-                v["faithfulness"] = -1.0
+        for name in names:
+            pick = max((r for r in rows if r["relation"] == name), key=lambda r: score(r["dev_faithfulness"]))
+            best[name] = {**pick, "faithfulness": score(pick["faithfulness"])}
         linear = {k: v["faithfulness"] >= self.linear_threshold for k, v in best.items()}
         frac = sum(linear.values()) / max(1, len(linear))
         page = Result("Linear relational embeddings", summary={"relations": len(linear), "linear": sum(linear.values()),

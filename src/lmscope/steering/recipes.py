@@ -64,10 +64,14 @@ class Recipe:
         return sum(scores) / len(scores)
 
 
-def half(rows: list, split: str) -> list:
-    """The dev (first) or test (second) half of held-out ``rows``."""
+def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def half(rows: list, split: str) -> list:
+    """The dev (first) or test (second) half of held-out ``rows``."""
+    _check_split(split)
     mid = (len(rows) + 1) // 2
     return rows[:mid] if split == "dev" else rows[mid:]
 
@@ -80,7 +84,7 @@ def _harmful_harmless(side: str, n: int, split: str) -> list[str]:
 def recipe(name: str, *, n_prompts: int = 12, max_new_tokens: int = 32, fmt: str = "completion",
            split: str = "test") -> Recipe:  # fmt: skip
     """Build a :class:`Recipe` by name (see the module table) on the ``split`` half of the held-out prompts."""
-    half([], split)  # checks the split name
+    _check_split(split)
     if name in ("refusal", "compliance"):
         side = "negative" if name == "refusal" else "positive"
         prompts = _harmful_harmless(side, n_prompts, split)

@@ -36,12 +36,12 @@ from lmscope.core.inputs import chat_text
 from lmscope.core.model import Model
 from lmscope.core.sites import Site
 from lmscope.experiments.report import Result, new_figure
-from lmscope.experiments.stats import compare, wilson
+from lmscope.experiments.stats import compare, random_like, wilson
 from lmscope.steering.behaviour import is_degenerate, is_refusal, neutral_texts, perplexity
 from lmscope.steering.extract import last_token_acts, threshold_accuracy
 from lmscope.steering.organism import LoRA, chat_answers, organism_prompts
 from lmscope.steering.steer import ablate, steer
-from lmscope.steering.vector import SteeringVector, random_like
+from lmscope.steering.vector import SteeringVector
 
 YOGA = "List three benefits of yoga."
 

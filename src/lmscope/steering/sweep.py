@@ -27,10 +27,10 @@ from lmscope.core.edits import Positions
 from lmscope.core.model import Model
 from lmscope.experiments import CellCheckpoint, identity
 from lmscope.experiments.report import Result, new_figure
-from lmscope.experiments.stats import compare_means
+from lmscope.experiments.stats import compare_means, random_like
 from lmscope.steering.behaviour import fact_accuracy, facts, neutral_texts, perplexity
 from lmscope.steering.steer import steer
-from lmscope.steering.vector import SteeringVector, random_like
+from lmscope.steering.vector import SteeringVector
 
 
 @dataclass

@@ -208,8 +208,3 @@ def _field_str(reader: Any, key: str) -> str | None:
         return None
     return bytes(f.parts[f.data[0]]).decode("utf-8")
 
-
-def random_like(v: Tensor, seed: int) -> Tensor:
-    """A seeded random direction with the norm of ``v`` (the equal-norm control of a steering vector)."""
-    r = torch.randn(v.shape, generator=torch.Generator().manual_seed(seed)).to(v)
-    return r / r.norm() * v.norm()
