@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import os
 import random
+import signal
 
 import pytest
 import torch
@@ -30,6 +31,27 @@ def _seeded(request: pytest.FixtureRequest) -> None:
         np.random.seed(seed)
     except ImportError:  # pragma: no cover - numpy comes with torch's extras
         pass
+
+
+_GUARDED = (signal.SIGINT, signal.SIGTERM)
+_HANDLERS = {sig: signal.getsignal(sig) for sig in _GUARDED}
+_MASK = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+@pytest.fixture(autouse=True)
+def _signals_restored(request: pytest.FixtureRequest):
+    """A test (or a fixture it set up) that leaves a signal handler or the signal mask changed fails, and
+    the state is put back: children started later inherit an ignored SIGINT or a blocked signal, and
+    Ctrl-C stops working."""
+    yield
+    changed = [signal.Signals(sig).name for sig, h in _HANDLERS.items() if signal.getsignal(sig) != h]
+    for sig, h in _HANDLERS.items():
+        signal.signal(sig, h)
+    mask = signal.pthread_sigmask(signal.SIG_SETMASK, _MASK)
+    if mask != _MASK:
+        changed.append(f"mask {sorted(s.name for s in mask)}")
+    if changed:
+        pytest.fail(f"{request.node.nodeid} left the signal state changed: {', '.join(changed)}", pytrace=False)
 
 
 @pytest.fixture(scope="session", params=FAMILIES)
