@@ -91,16 +91,41 @@ def test_planted_sparse_dictionary_is_recovered(arch: str) -> None:
     assert float((best > 0.9).float().mean()) >= 0.9, best.sort().values[:10]
 
 
+def _jumprelu_l0(x: torch.Tensor, l0_coeff: float, threshold_lr: float | None) -> float:
+    cfg = SAEConfig("jumprelu", 32, 192, l0_coeff=l0_coeff, normalize_activations="expected_average_only_in")
+    res = train_sae(TensorSource(x, seed=0), cfg, TrainConfig(total_tokens=256 * 256, batch_size=256, progress=False,
+                                                              threshold_lr=threshold_lr, log_every=16))  # fmt: skip
+    return sum(r["l0"] for r in res.log[-4:]) / 4
+
+
+def test_the_jumprelu_l0_coefficient_sets_the_sparsity_only_with_a_threshold_learning_rate() -> None:
+    """In a short run Adam moves each log-threshold by about ``lr`` per step whatever the coefficient:
+    at the shared rate a 100x larger L0 coefficient leaves L0 where it was; with a threshold rate it orders L0."""
+    x, _ = _planted()
+    shared = [_jumprelu_l0(x, c, None) for c in (0.1, 10.0)]
+    assert abs(shared[0] - shared[1]) <= 0.05 * shared[0], shared
+    own = [_jumprelu_l0(x, c, 0.03) for c in (0.1, 1.0, 10.0)]
+    assert own[0] > own[1] > own[2] and own[0] >= 1.5 * own[2], own
+    assert own[0] < shared[0] / 2, (own, shared)  # the thresholds moved away from their start
+
+
+def test_train_config_refuses_non_positive_learning_rates() -> None:
+    for kw in ({"lr": 0.0}, {"threshold_lr": -1e-3}):
+        with pytest.raises(ValueError, match="learning rates must be positive"):
+            TrainConfig(total_tokens=1024, **kw)
+
+
 def _state(res) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in res.sae.state_dict().items()}
 
 
-@pytest.mark.parametrize("arch", ["topk", "jumprelu", "batchtopk"])
+@pytest.mark.parametrize("arch", ["topk", "jumprelu", "jumprelu-threshold-lr", "batchtopk"])
 def test_resume_reproduces_uninterrupted_run_bitwise(arch: str, tmp_path) -> None:
     x, _ = _planted(n=3000, d=16, atoms=40)
+    arch, threshold_lr = ("jumprelu", 0.02) if arch == "jumprelu-threshold-lr" else (arch, None)
     cfg = SAEConfig(arch, 16, 128, k=2, normalize_activations="expected_average_only_in")
     tcfg = TrainConfig(total_tokens=128 * 20, batch_size=128, lr=1e-3, warmup_steps=5, checkpoint_every=4,
-                       dead_tokens=128, progress=False, init_tokens=256, log_every=1)  # fmt: skip
+                       dead_tokens=128, progress=False, init_tokens=256, log_every=1, threshold_lr=threshold_lr)  # fmt: skip
     full = train_sae(TensorSource(x, seed=1), cfg, tcfg, out_dir=tmp_path / "a")
     part = train_sae(TensorSource(x, seed=1), cfg, tcfg, out_dir=tmp_path / "b", stop_after=9)
     assert part.steps == 9

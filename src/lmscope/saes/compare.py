@@ -50,6 +50,7 @@ class SAECompare(Experiment):
     store: str | None = param(None, "activation store to train from (else one is harvested into --out/store)")
     batch: int = param(TrainConfig.batch_size, "tokens per step")
     lr: float = param(TrainConfig.lr, "Adam learning rate")
+    threshold_lr: float | None = param(None, "learning rate of the JumpReLU log-thresholds (default: --lr)")
     normalize: str = param("expected_average_only_in", "input scaling (the L1 and L0 coefficients assume inputs "
                            "of norm sqrt(d_in))", choices=("none", "expected_average_only_in"))  # fmt: skip
     windows: int = param(32, "held-out windows to evaluate on")
@@ -105,6 +106,7 @@ class SAECompare(Experiment):
                                 l1_coeff=l1, l0_coeff=l0, normalize_activations=self.normalize, hook_name=self.site,
                                 model_name=model.model_id)  # fmt: skip
                 tcfg = TrainConfig(total_tokens=self.tokens, batch_size=self.batch, lr=self.lr, seed=self.seed,
+                                   threshold_lr=self.threshold_lr,
                                    progress=not ctx.quiet)  # fmt: skip
                 folder = out / (arch if c is None else f"{arch}-{c:g}")
                 ctx.log(f"training {arch}" + ("" if c is None else f" (coefficient {c:g})"))

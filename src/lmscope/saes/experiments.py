@@ -55,6 +55,7 @@ class SAETrain(Experiment):
     tokens: int = param(65536, "training tokens (beyond the store: epochs)")
     batch: int = param(TrainConfig.batch_size, "tokens per step")
     lr: float = param(TrainConfig.lr, "Adam learning rate")
+    threshold_lr: float | None = param(None, "learning rate of the JumpReLU log-thresholds (default: --lr)")
     normalize: str = param(SAEConfig.normalize_activations, "activation normalisation",
                            choices=("none", "expected_average_only_in"))  # fmt: skip
     checkpoint_every: int = param(TrainConfig.checkpoint_every, "steps between checkpoints")
@@ -102,6 +103,7 @@ class SAETrain(Experiment):
                         l1_coeff=self.l1, l0_coeff=self.l0, normalize_activations=self.normalize, hook_name=self.site,
                         model_name=model_id)  # fmt: skip
         tcfg = TrainConfig(total_tokens=self.tokens, batch_size=self.batch, lr=self.lr, seed=self.seed,
+                           threshold_lr=self.threshold_lr,
                            checkpoint_every=self.checkpoint_every, progress=not ctx.quiet)  # fmt: skip
         out = ctx.folder()
         res = train_sae(source, cfg, tcfg, out_dir=out, device=model.device if model is not None else "cpu")

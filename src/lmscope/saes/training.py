@@ -62,6 +62,10 @@ class TrainConfig:
     """Tokens per step."""
     lr: float = 4e-4
     """Peak Adam learning rate."""
+    threshold_lr: float | None = None
+    """Peak Adam learning rate of the JumpReLU log-thresholds (None: ``lr``). Adam moves each log-threshold by
+    about its learning rate per step whatever the L0 coefficient, so in a short run at ``lr`` the thresholds
+    stay near their start and the coefficient cannot set the sparsity; a larger rate lets it."""
     warmup_steps: int = 50
     """Linear LR warm-up from 0."""
     decay_start: float = 0.8
@@ -86,17 +90,23 @@ class TrainConfig:
             raise ValueError(f"total_tokens ({self.total_tokens}) must be >= batch_size ({self.batch_size}) > 0")
         if not 0 <= self.decay_start <= 1:
             raise ValueError(f"decay_start is a fraction of the run, got {self.decay_start}")
+        if self.lr <= 0 or (self.threshold_lr is not None and self.threshold_lr <= 0):
+            raise ValueError(f"learning rates must be positive, got lr={self.lr}, threshold_lr={self.threshold_lr}")
 
     @property
     def steps(self) -> int:
         return self.total_tokens // self.batch_size
 
-    def lr_at(self, step: int) -> float:
-        """Learning rate for ``step``: warm-up, flat, then linear decay to 0 over the last part."""
+    def schedule(self, step: int) -> float:
+        """Fraction of the peak learning rate at ``step``: warm-up, flat, then linear decay to 0 over the last part."""
         warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
         start = int(self.decay_start * self.steps)
         decay = 1.0 if step < start else max(0.0, (self.steps - step) / max(1, self.steps - start))
-        return self.lr * warm * decay
+        return warm * decay
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for ``step`` (of every parameter but the JumpReLU thresholds)."""
+        return self.lr * self.schedule(step)
 
 
 @dataclass
@@ -189,8 +199,12 @@ def train_sae(
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
     sae = SAE(SAEConfig(**sae_cfg.to_dict()), generator=gen, device=device)
-    params = [p for p in sae.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
+    # the log-thresholds get their own group (and rate); Adam is per parameter, so the split alone changes nothing
+    thresholds = [p for p in (sae.log_threshold,) if p.requires_grad]
+    weights = [p for p in sae.parameters() if p.requires_grad and p is not sae.log_threshold]
+    peak = [cfg.lr, cfg.lr if cfg.threshold_lr is None else cfg.threshold_lr]
+    groups = [{"params": ps, "lr": lr} for ps, lr in zip((weights, thresholds), peak, strict=True) if ps]
+    opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999))
     folder = Path(out_dir) if out_dir is not None else None
     start, log = 0, list[dict[str, float]]()
     work = training_identity(source, sae_cfg, cfg)
@@ -210,8 +224,8 @@ def train_sae(
                                       broadcast_buffers=False)  # fmt: skip
     for step in range(start, end):
         x = source.batch(step, cfg.batch_size)[share].to(device)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr_at(step)
+        for group, lr in zip(opt.param_groups, peak, strict=False):
+            group["lr"] = lr * cfg.schedule(step)
         ramp = min(1.0, (step + 1) / cfg.sparsity_warmup_steps) if cfg.sparsity_warmup_steps else 1.0
         sae.cfg.l1_coeff, sae.cfg.l0_coeff = sparsity_coeffs[0] * ramp, sparsity_coeffs[1] * ramp
         dead = sae.stale_tokens >= cfg.dead_tokens
