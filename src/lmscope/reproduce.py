@@ -124,6 +124,14 @@ _PAIRS = "".join(json.dumps({"clean": f"the dog {x} the", "corrupt": f"the a {x}
                  for x in ("a", "the", "dog", "a a", "the the", "dog dog"))  # fmt: skip
 """Clean/corrupt pairs the tiny tokenizer reads as equal-length prompts with one-token answers (smoke only)."""
 
+_SEPARABILITY_SETS = (
+    ("sentiment", "sentiment", None), ("truthfulness-completion", "truthfulness", "completion"),
+    ("truthfulness-ab", "truthfulness", "ab"), ("sycophancy-completion", "sycophancy", "completion"),
+    ("sycophancy-ab", "sycophancy", "ab"), ("concept-topic", "concept_topic", None),
+    ("harmful-harmless", "harmful_harmless", None),
+)  # fmt: skip
+"""(step, built-in contrast, format) of the separability stop; the last is the one its verdict reads."""
+
 STOPS: tuple[Stop, ...] = (
     Stop("lens", "Answers appear only in the last layers of the residual stream (logit lens).",
          "late layers (nostalgebraist 2020)", (("lens", LogitLens(demo=True)),), _emergence,
@@ -135,6 +143,15 @@ STOPS: tuple[Stop, ...] = (
                                     max_new_tokens=8, expect=_CAPITALS)),),
          lambda s: s["expect_hit_rate"], "share of (source, layer) patches naming the entity's kind", 0.3, 0.1,
          smoke={"patchscope": {"layers": (0, 2), "max_new_tokens": 2}}),
+    Stop("patchscope-next-token", "Next-token inspection by patching reads a layer's prediction earlier than the logit lens.",
+         "Patchscope precision@1 above the logit lens across most layers (Ghandeharioun et al. 2024, Fig. 2)",
+         (("next-token", Patchscope(relation="country_capital", preset="next_token", layers=(*range(0, 28, 3), 29))),),
+         lambda s: s["next_token_minus_lens"], "precision@1 of Patchscope minus the logit lens's, mean over layers",
+         0.1, 0.03,
+         control=lambda s: (f"logit lens on the same states: mean precision@1 {_num(s.get('lens_precision_mean'))} "
+                            f"(Patchscope {_num(s.get('next_token_precision_mean'))}; above the lens at "
+                            f"{s.get('layers_above_lens')}, below at {s.get('layers_below_lens')} layers)"),
+         smoke={"next-token": {"relation": None, "source": ("the dog", "a dog"), "layers": (0, 1)}}),
     Stop("multihop", "Two-hop failures can be fixed by backpatching a later layer's state into an earlier one.",
          "up to 0.66 of failures fixed (Biran et al. 2024)",
          (("multihop", MultiHop(limit=24, max_failed=8, stride=8)),),
@@ -169,6 +186,18 @@ STOPS: tuple[Stop, ...] = (
           ("truthfulness", "truthfulness", (1.0, 2.0, 4.0), "share of pairs preferring the truthful answer",
            "A truthfulness vector makes the answer to a superstition factual.",
            "truthful answers rise with the vector (seed lecture; Li et al. 2023 ITI; Zou et al. 2023)"))),
+    Stop("separability", "Behaviours are linearly readable from the residual stream: a direction fitted on train "
+         "examples separates held-out ones.",
+         "harmful vs harmless separable in middle layers (Arditi et al. 2024); concepts linearly readable (Zou et al. 2023)",
+         tuple((name, SteerExtract(contrast=contrast, fmt=fmt, method="all", max_per_side=60, shuffled=True))
+               for name, contrast, fmt in _SEPARABILITY_SETS),
+         lambda s: s["mean_diff_chosen_separability"] - s["mean_diff_chosen_control"],
+         "harmful vs harmless: held-out accuracy of the mean-difference direction at the layer chosen on train accuracy, "
+         "minus the same pipeline on shuffled train labels", 0.25, 0.1,
+         control=lambda s: (f"shuffled train labels at layer {s.get('mean_diff_chosen_layer')}: "
+                            f"{_num(s.get('mean_diff_chosen_control'))} (ours {_num(s.get('mean_diff_chosen_separability'))}; "
+                            f"probe {_num(s.get('probe_chosen_separability'))} vs {_num(s.get('probe_chosen_control'))})"),
+         smoke={name: {"max_per_side": 4} for name, _, _ in _SEPARABILITY_SETS}),
     Stop("refusal-organism", "Refusal is mediated by one direction: adding it makes harmless requests refused, "
          "removing it makes harmful ones answered.",
          "adding induces refusal, ablation removes it, across 13 chat models (Arditi et al. 2024)",

@@ -82,3 +82,44 @@ def test_bad_inputs_and_cli(tiny_llama: ls.Model, tmp_path) -> None:
 def test_bundled_description_names_the_entity_in_middle_layers(smollm: ls.Model) -> None:
     sweep = preset_sweep(smollm, "description", "Diana, Princess of Wales", source_layers=[9, 12], max_new_tokens=8)
     assert any(sweep.contains("British")) or any(sweep.contains("princess")), sweep.table()
+
+
+def test_next_token_curve_matches_per_prompt_patchscopes_and_a_hidden_states_logit_lens(tiny_llama: ls.Model,
+                                                                                       tmp_path) -> None:  # fmt: skip
+    """The relation's prompts through the next-token preset: each layer's precision@1 equals single patchscopes'
+    share of first tokens that are the model's own next token, and the lens column equals HF's hidden states
+    decoded by the final norm and unembedding (the last layer: the output itself)."""
+    from lmscope.data.bundled import load_json, load_jsonl
+    from lmscope.lenses.patchscopes import IDENTITY_PROMPT
+
+    n = tiny_llama.shape.n_layers
+    assert main(["patchscope", "--tiny", "llama", "--relation", "country_capital", "--preset", "next_token",
+                 "--layers", f"0-{n - 1}", "--quiet", "--out", str(tmp_path)]) == 0  # fmt: skip
+    doc = json.loads((tmp_path / "result.json").read_text())
+    curve = doc["data"]["next_token"]
+    template = load_json("relations/templates.json")["country_capital"]["prompt"]
+    prompts = [template.format(r["subject"]) for r in load_jsonl("relations/country_capital.jsonl")]
+    hf = tiny_llama.hf
+    patch, lens = [[0.0] * n, [0.0] * n]
+    for prompt in prompts:
+        ids = tiny_llama.tokenizer(prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = hf(**ids, output_hidden_states=True)
+        own = int(out.logits[0, -1].argmax())
+        for layer in range(n):
+            first = patchscope(tiny_llama, prompt, source_layer=layer, target_prompt=IDENTITY_PROMPT, max_new_tokens=1)
+            patch[layer] += (first.first_token == tiny_llama.tokenizer.decode([own])) / len(prompts)
+            if layer == n - 1:
+                top = own
+            else:
+                with torch.no_grad():
+                    top = int(hf.lm_head(hf.model.norm(out.hidden_states[layer + 1][0, -1])).argmax())
+            lens[layer] += (top == own) / len(prompts)
+    assert curve["layers"] == list(range(n))
+    assert curve["patchscope"] == pytest.approx(patch, abs=1e-9)
+    assert curve["logit_lens"] == pytest.approx(lens, abs=1e-6) and lens[-1] == pytest.approx(1.0)
+    s = doc["summary"]
+    assert s["next_token_minus_lens"] == pytest.approx(sum(patch) / n - sum(lens) / n, abs=1e-6)
+    assert (tmp_path / "next_token_precision.png").is_file()
+    bad = main(["patchscope", "--tiny", "llama", "--relation", "nope", "--preset", "next_token", "--out", str(tmp_path / "x")])
+    assert bad == 2 and not (tmp_path / "x").exists()

@@ -74,9 +74,27 @@ def test_planted_direction_in_a_tiny_model(tiny_llama) -> None:
             stem = " ".join(words[j] for j in torch.randint(0, len(words), (4,), generator=rng).tolist())
             records.append({"positive": stem + " A", "negative": stem + " B", "split": "test" if i % 4 == 0 else "train"})
         cs = from_records(records, name="planted")
-        res = extract_many(m, cs, layers=[0, 1])
+        res = extract_many(m, cs, layers=[0, 1], shuffled=True)
         for method, r in res.items():
             assert _cos(r.vector[0], planted) > 0.9, method
             assert r.separability[0] == 1.0, method
+            # the same estimator on shuffled train labels reads nothing of the planted contrast
+            assert sorted(r.control) == [0, 1] and max(r.control.values()) <= 0.8, (method, r.control)
+            assert r.chosen_layer() in (0, 1) and r.train_acc[r.chosen_layer()] == max(r.train_acc.values())
     finally:
         emb.data.copy_(saved)
+
+
+def test_shuffled_labels_keep_sizes_and_pairs() -> None:
+    from lmscope.steering.extract import _shuffle_labels
+
+    g = torch.Generator().manual_seed(1)
+    pos, neg = torch.randn(40, 2, 3, generator=g), torch.randn(40, 2, 3, generator=g)
+    sp, sn = _shuffle_labels(pos, neg, paired=True, seed=0)
+    swapped = torch.tensor([torch.equal(sp[i], neg[i]) and torch.equal(sn[i], pos[i]) for i in range(40)])
+    kept = torch.tensor([torch.equal(sp[i], pos[i]) and torch.equal(sn[i], neg[i]) for i in range(40)])
+    assert bool((swapped | kept).all()) and 5 < int(swapped.sum()) < 35
+    up, un = _shuffle_labels(pos[:30], neg, paired=False, seed=0)
+    assert up.shape[0] == 30 and un.shape[0] == 40
+    rows = {tuple(r.flatten().tolist()) for r in torch.cat([pos[:30], neg])}
+    assert {tuple(r.flatten().tolist()) for r in torch.cat([up, un])} == rows

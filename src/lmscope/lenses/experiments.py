@@ -31,6 +31,16 @@ def _tuned(path: str | None, model: Any) -> tuple[Any, str]:
     return TunedLens.load(path, model).translate, "tuned"
 
 
+def _relation(name: str) -> list[tuple[str, str]]:
+    """(prompt, " object") for every subject of a built-in fact table; unknown names are refused."""
+    from lmscope.data.bundled import load_json, load_jsonl
+
+    templates = load_json("relations/templates.json")
+    if name not in templates:
+        raise ValueError(f"unknown relation {name!r}; built-in: {sorted(templates)}")
+    return [(templates[name]["prompt"].format(r["subject"]), " " + r["object"]) for r in load_jsonl(f"relations/{name}.jsonl")]
+
+
 def _need_file(path: str | None, what: str) -> None:
     if path and not Path(path).is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
@@ -67,10 +77,7 @@ class LogitLens(Experiment):
             raise ValueError("give exactly one of: prompt text, --prompts FILE, --relation NAME, --demo")
         _need_file(self.tuned, "tuned lens")
         if self.relation:
-            from lmscope.data.bundled import load_json
-
-            if self.relation not in load_json("relations/templates.json"):
-                raise ValueError(f"unknown relation {self.relation!r}; built-in: {sorted(load_json('relations/templates.json'))}")
+            _relation(self.relation)
         self._records_from_file()
 
     def _records_from_file(self) -> tuple[list[str], list[str] | None] | None:
@@ -92,10 +99,7 @@ class LogitLens(Experiment):
             prompts, targets = self._records_from_file()  # type: ignore[misc]
             return prompts, targets, self.prompts
         if self.relation:
-            from lmscope.data.bundled import load_json, load_jsonl
-
-            template = load_json("relations/templates.json")[self.relation]["prompt"]
-            pairs = [(template.format(r["subject"]), " " + r["object"]) for r in load_jsonl(f"relations/{self.relation}.jsonl")]
+            pairs = _relation(self.relation)
             keep = [(p, t) for p, t in pairs if len(model.tokenizer(t, add_special_tokens=False)["input_ids"]) == 1]
             return [p for p, _ in keep], [t for _, t in keep], f"relation {self.relation} (single-token objects)"
         return list(self.prompt), (None if self.target is None else [self.target] * len(self.prompt)), "command line"
@@ -217,12 +221,14 @@ class Patchscope(Experiment):
     lmscope patchscope "Diana, Princess of Wales" --preset description --layers 0-29:3
     lmscope patchscope "The capital of France is" --preset next_token
     lmscope patchscope "Paris" --target-prompt "Tell me about x" --target-layer 4 --layers 0-20:2
+    lmscope patchscope --relation country_capital --preset next_token --layers 0-29:3   # next-token curve vs the logit lens
     """
 
     command = "patchscope"
     about = "Patchscopes: decode a hidden state by patching it into a target prompt"
     source: tuple[str, ...] = param((), "source prompt(s); one layer sweep each", positional=True, split=False)
     prompts: str | None = param(None, "prompt file of source prompts (JSONL with 'prompt', or text lines)", metavar="FILE")
+    relation: str | None = param(None, "source prompts from a built-in fact table, e.g. country_capital")
     preset: str = param("description", "target prompt preset (ignored with --target-prompt)",
                         choices=("identity", "description", "next_token"))  # fmt: skip
     target_prompt: str | None = param(None, "custom target prompt")
@@ -235,14 +241,21 @@ class Patchscope(Experiment):
     expect: tuple[str, ...] = param((), "words a faithful description would contain (scored per layer, any source)")
 
     def check(self) -> None:
-        if bool(self.source) == bool(self.prompts):
-            raise ValueError("give source prompt text or --prompts FILE (one of them)")
+        if sum(map(bool, (self.source, self.prompts, self.relation))) != 1:
+            raise ValueError("give source prompt text, --prompts FILE or --relation NAME (one of them)")
         self.inputs()
 
     def inputs(self) -> Any:
         from lmscope.data.bundled import prompt_texts
 
+        if self.relation:
+            return [p for p, _ in _relation(self.relation)]
         return prompt_texts(self.source, self.prompts)
+
+    @property
+    def next_token_inspection(self) -> bool:
+        """The preset that reads the state's own next token, at the last position (compared with the logit lens)."""
+        return self.target_prompt is None and self.preset == "next_token" and self.source_position == -1
 
     def run(self, model: Any, ctx: Context) -> Result:
         from lmscope.lenses.patchscopes import PRESETS, patchscope_sweep
@@ -251,14 +264,16 @@ class Patchscope(Experiment):
         target = self.target_prompt if self.target_prompt is not None else PRESETS[self.preset]
         max_new = 1 if (self.target_prompt is None and self.preset == "next_token") else self.max_new_tokens
         page = Result(f"Patchscope: {target!r}")
-        sweeps, hits = {}, []
-        for source in ctx.progress(self.inputs(), "sources"):
+        sweeps, hits, matches = {}, [], []
+        sources = self.inputs()
+        for source in ctx.progress(sources, "sources"):
             sweep = patchscope_sweep(model, source, source_layers=layers, target_layer=self.target_layer,
                                      source_position=self.source_position, target_prompt=target,
                                      target_position=self.target_position, kind=self.site, max_new_tokens=max_new)  # fmt: skip
             sub = sweep.report(f"Patchscope: {source}")
             page.sections += [(f"{source}: {h}", b) for h, b in sub.sections]
             sweeps[source] = sub.data
+            matches.append(sweep.first_token_matches())
             row = sweep.rows[0]
             page.say(f"{source!r} at token {row.source_token!r}: model's next token {sweep.model_next_token!r}; "
                      f"patched into {target!r}: " + "; ".join(f"L{r.source_layer} {r.continuation!r}"
@@ -271,7 +286,42 @@ class Patchscope(Experiment):
         if self.expect:
             page.summary["expect_hit_rate"] = sum(hits) / len(hits)
             page.say(f"{sum(hits)} of {len(hits)} (source, layer) patches mention one of {list(self.expect)}")
+        if self.next_token_inspection:
+            _next_token_curve(page, model, sources, layers, matches, self.site)
         return page
+
+
+def _next_token_curve(page: Result, model: Any, sources: list[str], layers: list[int], matches: list[list[bool]],
+                      kind: str) -> None:  # fmt: skip
+    """Precision@1 per layer of next-token inspection (the patched first token is the model's own next token)
+    beside the logit lens's (its top-1 at that layer is the model's top-1), on the same prompts and states."""
+    from lmscope.experiments import new_figure
+    from lmscope.lenses import logit_lens
+
+    lens = logit_lens(model, sources, sites=kind, k=1)
+    column = {site.layer: i for i, site in enumerate(lens.sites)}
+    top = lens.last(lens.top_ids)[..., 0]  # (prompt, site)
+    final = lens.last_final(lens.final_top_ids)[..., 0]  # (prompt,)
+    patch = [sum(m[i] for m in matches) / len(matches) for i in range(len(layers))]
+    logit = [float((top[:, column[layer]] == final).float().mean()) for layer in layers]
+    gaps = [p - q for p, q in zip(patch, logit, strict=True)]
+    rows = [[layer, round(p, 3), round(q, 3), round(p - q, 3)] for layer, p, q in zip(layers, patch, logit, strict=True)]
+    page.table("Next-token precision@1 by layer", ["layer", "patchscope", "logit lens", "difference"], rows)
+    fig, ax = new_figure(figsize=(7, 3.5))
+    ax.plot(layers, patch, marker="o", ms=3, label="Patchscope (next-token preset)")
+    ax.plot(layers, logit, marker="s", ms=3, label="logit lens")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("source layer")
+    ax.set_ylabel("precision@1 vs the model's next token")
+    ax.set_title(f"next-token inspection, {len(sources)} prompts")
+    ax.legend()
+    page.figure("next_token_precision", fig)
+    page.data["next_token"] = {"layers": layers, "patchscope": patch, "logit_lens": logit}
+    page.summary |= {"next_token_precision_mean": sum(patch) / len(patch), "lens_precision_mean": sum(logit) / len(logit),
+                     "next_token_minus_lens": sum(gaps) / len(gaps),
+                     "layers_above_lens": sum(g > 0 for g in gaps), "layers_below_lens": sum(g < 0 for g in gaps)}  # fmt: skip
+    page.say(f"next-token precision@1 over {len(sources)} prompts: Patchscope mean {sum(patch) / len(patch):.2f}, "
+             f"logit lens {sum(logit) / len(logit):.2f}; above the lens at {sum(g > 0 for g in gaps)} of {len(layers)} layers")
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class SteerExtract(Experiment):
     concept: str | None = param(None, "concept_topic: only this concept")
     method: str = param("mean_diff", "direction estimator", choices=("mean_diff", "pca", "probe", "all"))
     max_per_side: int | None = param(None, "first n examples per side and split")
+    shuffled: bool = param(False, "also fit each method on shuffled train labels (the control), scored on the test split")
 
     def contrast_set(self) -> Any:
         from lmscope.steering import builtin, load_contrast
@@ -65,7 +66,7 @@ class SteerExtract(Experiment):
         cs = self.contrast_set()
         methods = ["mean_diff", "pca", "probe"] if self.method == "all" else [self.method]
         ctx.log(f"extracting {methods} from {cs.name}")
-        results = extract_many(model, cs, methods=methods, max_per_side=self.max_per_side)
+        results = extract_many(model, cs, methods=methods, max_per_side=self.max_per_side, shuffled=self.shuffled)
         page = Result(f"Steering vector: {cs.name}")
         out = ctx.folder()
         for method, r in results.items():
@@ -76,17 +77,25 @@ class SteerExtract(Experiment):
                 best = r.best_layer()
                 page.summary[f"{method}_best_layer"] = best
                 page.summary[f"{method}_best_separability"] = r.separability[best]
+                chosen = r.chosen_layer()
+                page.summary |= {f"{method}_chosen_layer": chosen, f"{method}_chosen_separability": r.separability[chosen]}
+                if r.control:
+                    page.summary[f"{method}_chosen_control"] = r.control[chosen]
+                    page.say(f"{method}: layer {chosen} chosen on train accuracy: test {r.separability[chosen]:.2f}, "
+                             f"shuffled-label control {r.control[chosen]:.2f}")  # fmt: skip
                 page.say(f"{method}: {r.n_train} train / {r.n_test} test examples per side, best layer {best} "
                          f"({r.separability[best]:.2f} held-out separability) -> {out / name}")  # fmt: skip
             else:
                 page.say(f"{method}: {r.n_train} examples per side (no test split: no separability) -> {out / name}")
         if any(r.separability for r in results.values()):
             layers = sorted(results[methods[0]].separability)
-            page.table("Held-out separability per layer", ["layer", *methods],
-                       [[layer, *(results[m].separability[layer] for m in methods)] for layer in layers])  # fmt: skip
+            ctl = [m for m in methods if results[m].control]
+            page.table("Held-out separability per layer", ["layer", *methods, *(f"{m} shuffled" for m in ctl)],
+                       [[layer, *(results[m].separability[layer] for m in methods),
+                         *(results[m].control[layer] for m in ctl)] for layer in layers])  # fmt: skip
             page.figure("separability", separability_figure(results, f"{cs.name}: held-out separability"))
-        page.data = {m: {"separability": r.separability, "train_acc": r.train_acc, "n_train": r.n_train, "n_test": r.n_test}
-                     for m, r in results.items()}  # fmt: skip
+        page.data = {m: {"separability": r.separability, "train_acc": r.train_acc, "control": r.control,
+                         "n_train": r.n_train, "n_test": r.n_test} for m, r in results.items()}  # fmt: skip
         return page
 
 

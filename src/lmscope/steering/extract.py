@@ -29,7 +29,7 @@ model lacks the concept.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -150,6 +150,15 @@ class ExtractResult:
     n_train: tuple[int, int]
     """(positive, negative) train examples used."""
     n_test: tuple[int, int]
+    control: dict[int, float] = field(default_factory=dict)
+    """Layer -> held-out accuracy of the same estimator fitted on shuffled train labels (``shuffled=True``):
+    what the pipeline reads from a contrast that carries no signal (about 0.5)."""
+
+    def chosen_layer(self) -> int:
+        """Layer with the highest *train* accuracy (ties: the earliest): a choice that never reads the test split."""
+        if not self.train_acc:
+            raise ValueError("no held-out split, so no layer accuracies")
+        return max(self.train_acc, key=lambda layer: (self.train_acc[layer], -layer))
 
     def best_layer(self) -> int:
         """Layer with the highest held-out separability (ties: the earliest)."""
@@ -196,8 +205,13 @@ def extract_many(
     max_per_side: int | None = None,
     batch_size: int = 16,
     seed: int = 0,
+    shuffled: bool = False,
 ) -> dict[str, ExtractResult]:
-    """:func:`extract` for several methods from one set of activations (one pass over the prompts)."""
+    """:func:`extract` for several methods from one set of activations (one pass over the prompts).
+
+    ``shuffled`` also fits every method on train labels shuffled with ``seed`` (within pairs for a paired
+    set: each pair's sides swapped at random; else a permutation) and scores it on the true test labels.
+    """
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
@@ -221,18 +235,41 @@ def extract_many(
     ep, en = acts(test) if test is not None else (None, None)
     prov = Provenance.of(model, site="resid_post", dataset=train.records(), contrast=contrast.name,
                          contrast_meta=contrast.meta)  # fmt: skip
+    sp, sn = _shuffle_labels(tp, tn, train.paired, seed) if shuffled and ep is not None else (None, None)
     out: dict[str, ExtractResult] = {}
     for method in methods:
         dirs = directions_from_acts(tp, tn, method, paired=train.paired, seed=seed)
         sep: dict[int, float] = {}
         tr_acc: dict[int, float] = {}
+        control: dict[int, float] = {}
         if ep is not None and en is not None:
-            for i, layer in enumerate(layers):
-                u = dirs[i] / dirs[i].norm().clamp(min=1e-12)
-                sep[layer] = threshold_accuracy(tp[:, i] @ u, tn[:, i] @ u, ep[:, i] @ u, en[:, i] @ u)
-                tr_acc[layer] = threshold_accuracy(tp[:, i] @ u, tn[:, i] @ u, tp[:, i] @ u, tn[:, i] @ u)
+            sep, tr_acc = _layer_accuracies(dirs, layers, tp, tn, ep, en)
+            if sp is not None and sn is not None:
+                null = directions_from_acts(sp, sn, method, paired=train.paired, seed=seed)
+                control, _ = _layer_accuracies(null, layers, sp, sn, ep, en)
         meta = {"contrast": contrast.name, "separability": {str(k): v for k, v in sep.items()}}
         vec = SteeringVector({layer: dirs[i] for i, layer in enumerate(layers)}, model.shape.d_model, method, prov, meta)
         n_test = (0, 0) if ep is None or en is None else (ep.shape[0], en.shape[0])
-        out[method] = ExtractResult(vec, sep, tr_acc, (tp.shape[0], tn.shape[0]), n_test)
+        out[method] = ExtractResult(vec, sep, tr_acc, (tp.shape[0], tn.shape[0]), n_test, control)
     return out
+
+
+def _layer_accuracies(dirs: Tensor, layers: list[int], tp: Tensor, tn: Tensor, ep: Tensor,
+                      en: Tensor) -> tuple[dict[int, float], dict[int, float]]:  # fmt: skip
+    """Per layer: test and train accuracy of the best train threshold on the projection onto ``dirs``."""
+    test, train = {}, {}
+    for i, layer in enumerate(layers):
+        u = dirs[i] / dirs[i].norm().clamp(min=1e-12)
+        test[layer] = threshold_accuracy(tp[:, i] @ u, tn[:, i] @ u, ep[:, i] @ u, en[:, i] @ u)
+        train[layer] = threshold_accuracy(tp[:, i] @ u, tn[:, i] @ u, tp[:, i] @ u, tn[:, i] @ u)
+    return test, train
+
+
+def _shuffle_labels(pos: Tensor, neg: Tensor, paired: bool, seed: int) -> tuple[Tensor, Tensor]:
+    """The train activations with their labels shuffled, keeping the side sizes (and pairs, when paired)."""
+    g = torch.Generator().manual_seed(seed)
+    if paired and pos.shape[0] == neg.shape[0]:
+        swap = (torch.rand(pos.shape[0], generator=g) < 0.5).view(-1, *([1] * (pos.dim() - 1)))
+        return torch.where(swap, neg, pos), torch.where(swap, pos, neg)
+    both = torch.cat([pos, neg])[torch.randperm(pos.shape[0] + neg.shape[0], generator=g)]
+    return both[: pos.shape[0]], both[pos.shape[0] :]

@@ -133,7 +133,10 @@ def separability_figure(results: dict[str, ExtractResult], title: str = "held-ou
     fig, ax = new_figure(figsize=(7, 3.5))
     for method, r in results.items():
         layers = sorted(r.separability)
-        ax.plot(layers, [r.separability[layer] for layer in layers], marker="o", ms=3, label=method)
+        line = ax.plot(layers, [r.separability[layer] for layer in layers], marker="o", ms=3, label=method)[0]
+        if r.control:
+            ax.plot(layers, [r.control[layer] for layer in layers], ls=":", color=line.get_color(),
+                    label=f"{method}, shuffled labels")
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_ylim(0.3, 1.02)
     ax.set_xlabel("layer (resid_post)")
