@@ -210,12 +210,15 @@ STOPS: tuple[Stop, ...] = (
          smoke={"organism": {"steps": 2, "layers": (1,), "strength": (2.0,), "n_random": 1, "max_new_tokens": 3}}),
     Stop("introspection", "Injected concepts steer text (Golden Gate); reporting them is much harder.",
          "~20% identification at 0 false positives (Lindsey 2025, Claude Opus 4.1)",
-         (("grid", Introspect(layers=(10,), strength=(0.5,), n_concepts=3, trials=4, read="word", golden_gate=True,
+         (("grid", Introspect(layers=(10,), strength=(0.5,), n_concepts=4, trials=8, read="word", golden_gate=True,
                               max_new_tokens=16)),),  # fmt: skip
-         lambda s: s["best_identification"] - s["best_false_positive"],
-         "identification minus false-positive rate, best cell", 0.2, 0.05,
-         control=lambda s: f"false positives on uninjected trials {_num(s.get('best_false_positive'))}",
-         smoke={"grid": {"layers": (1,), "strength": (1.0,), "n_concepts": 1, "trials": 1, "max_new_tokens": 3,
+         lambda s: s["test_identification"] - s["test_false_positive"],
+         "identification minus false-positive rate on held-out trials (concepts, controls) of the cell chosen on dev",
+         0.2, 0.05,
+         control=lambda s: (f"false positives on held-out uninjected trials {_num(s.get('test_false_positive'))} "
+                            f"({s.get('test_controls')} controls; identification {_num(s.get('test_identification'))} of "
+                            f"{s.get('test_injected')} injected)"),
+         smoke={"grid": {"layers": (1,), "strength": (1.0,), "n_concepts": 1, "trials": 2, "max_new_tokens": 3,
                          "baseline": "{stop}/words.txt"}},
          smoke_files={"words.txt": _WORDS}),
     Stop("icl-vectors", "A few-shot task vector added to a bare query makes the model do the task.",

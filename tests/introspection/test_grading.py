@@ -66,3 +66,29 @@ def test_builtin_concepts_have_synonyms_and_disjoint_baselines() -> None:
     assert len(w.concepts) >= 20 and len(w.baseline) >= 40
     assert not set(w.concepts) & set(w.baseline)
     assert w.names("ocean")[0] == "ocean" and len(w.names("ocean")) > 1
+
+
+def test_dev_and_test_halves_are_disjoint_and_split_by_concept() -> None:
+    from lmscope.introspection import IntrospectionConfig
+    from lmscope.introspection.grid import IntrospectionResult, dev_test_rates
+
+    concepts = ["ocean", "bread", "fire", "dog"]
+    trials = []
+    for cell in ((6, 2.0), (10, 4.0)):
+        for i, c in enumerate([*concepts, *concepts, None, None, None, None]):
+            # planted: cell (10, 4) identifies only the test concepts (bread, dog); controls: dev ones fire
+            hit = c is not None and cell == (10, 4.0) and c in ("bread", "dog")
+            trials.append({"layer": cell[0], "strength": cell[1], "concept": c, "detected": hit or (c is None and i % 2 == 0),
+                           "identified": hit, "named": hit})  # fmt: skip
+    res = IntrospectionResult({}, trials, IntrospectionConfig(), {})
+    halves = dev_test_rates(res, concepts)
+    for cell in ((6, 2.0), (10, 4.0)):
+        dev, test = halves[cell]["dev"], halves[cell]["test"]
+        assert dev["n_injected"] == test["n_injected"] == 4 and dev["n_control"] == test["n_control"] == 2
+    # dev holds ocean and fire (every other concept): the planted hits are all on test
+    assert halves[(10, 4.0)]["dev"]["identification"] == 0 and halves[(10, 4.0)]["test"]["identification"] == 1
+    # controls alternate: the 1st and 3rd go to dev (both detected here), the 2nd and 4th to test
+    assert halves[(6, 2.0)]["dev"]["false_positive"] == 1 and halves[(6, 2.0)]["test"]["false_positive"] == 0
+    one = dev_test_rates(IntrospectionResult({}, [t for t in trials if t["concept"] in (None, "ocean")], IntrospectionConfig(),
+                                             {}), ["ocean"])  # fmt: skip
+    assert one[(6, 2.0)]["dev"]["n_injected"] == one[(6, 2.0)]["test"]["n_injected"] == 1  # one concept: every other trial

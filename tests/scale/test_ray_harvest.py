@@ -25,8 +25,10 @@ SITES = ["blocks.0.hook_resid_post", "blocks.2.hook_mlp_out"]
 @pytest.fixture(scope="module")
 def cluster() -> Any:
     """One local Ray cluster for the module (2 CPUs, no dashboard, bound to 127.0.0.1)."""
+    saved = signal.getsignal(signal.SIGTERM)
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              configure_logging=False)  # fmt: skip
+    signal.signal(signal.SIGTERM, saved)  # ray.init installs its own handler and shutdown leaves it
     yield ray
     ray.shutdown()
 
@@ -66,6 +68,23 @@ def test_the_cli_starts_its_own_local_cluster_and_writes_the_same_store(model: l
     assert _shards(tmp_path / "cli" / "store") == _shards(reference)
     result = json.loads((tmp_path / "cli" / "result.json").read_text())
     assert result["config"]["ray"] == "local" and result["config"]["workers"] == 2
+
+
+def test_a_harvest_that_starts_ray_leaves_the_process_signal_handlers_as_they_were(model: ls.Model, reference: Path,
+                                                                                   tmp_path: Path) -> None:  # fmt: skip
+    assert not ray.is_initialized()  # before the module's cluster: this harvest starts and stops its own
+
+    def mine(signum: int, frame: object) -> None:  # pragma: no cover - never delivered
+        raise AssertionError("not delivered")
+
+    interrupt = signal.getsignal(signal.SIGINT)
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        harvest(model, _config(), tmp_path / "store", ray="local", workers=1)
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) == interrupt
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert not ray.is_initialized() and _shards(tmp_path / "store") == _shards(reference)
 
 
 def test_a_ray_harvest_writes_the_single_process_store(cluster: Any, model: ls.Model, reference: Path,

@@ -24,6 +24,8 @@ to ``retries`` times; past that the harvest stops with every committed shard kep
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -59,17 +61,32 @@ class HarvestWorker:
 
 
 def _connect(address: str, workers: int, cpus: float) -> bool:
-    """Join (or, for ``"local"``, start on 127.0.0.1) a Ray cluster; True if this call started it."""
+    """Join (or, for ``"local"``, start on 127.0.0.1) a Ray cluster; True if this call started it.
+
+    ``ray.init`` installs its own SIGTERM handler in the calling process and ``ray.shutdown`` leaves it
+    there; the caller's handlers are put back at once, so a harvest changes nothing of the process's signals.
+    """
     import ray
 
     if ray.is_initialized():
         return False
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _init(ray, address, workers, cpus)
+    finally:
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            for sig, handler in saved.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+    return True
+
+
+def _init(ray: Any, address: str, workers: int, cpus: float) -> None:
     if address == "local":
         ray.init(address="local", num_cpus=max(1, int(round(workers * cpus))), include_dashboard=False,
                  _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)  # fmt: skip
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
-    return True
 
 
 def harvest_on_ray(

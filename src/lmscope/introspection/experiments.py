@@ -65,6 +65,7 @@ class Introspect(Experiment):
             load_concepts,
             pick_concepts,
         )
+        from lmscope.introspection.grid import dev_test_rates
 
         cfg = IntrospectionConfig(
             layers=list(self.layers or ()), strengths=list(self.strength),
@@ -97,6 +98,22 @@ class Introspect(Experiment):
                         "best_identification": best[1]["identification"], "best_false_positive": best[1]["false_positive"],
                         "max_detection": max(r["detection"] for r in res.rates.values()),
                         "max_false_positive": max(r["false_positive"] for r in res.rates.values())}  # fmt: skip
+        # the protocol: the cell is chosen on dev trials (half the concepts, half the controls), reported on the rest
+        halves = dev_test_rates(res, concepts)
+
+        def score(r: dict[str, float]) -> float:
+            return r["identification"] - r["false_positive"] if r["n_injected"] and r["n_control"] else float("-inf")
+
+        chosen = max(sorted(halves), key=lambda cell: score(halves[cell]["dev"]))
+        dev, test = halves[chosen]["dev"], halves[chosen]["test"]
+        page.summary |= {"chosen_cell": list(chosen), "dev_identification": dev["identification"],
+                         "dev_false_positive": dev["false_positive"], "test_detection": test["detection"],
+                         "test_identification": test["identification"], "test_false_positive": test["false_positive"],
+                         "test_injected": test["n_injected"], "test_controls": test["n_control"]}  # fmt: skip
+        page.say(f"cell chosen on dev trials: layer {chosen[0]} strength {chosen[1]} (dev identification "
+                 f"{dev['identification']:.2f}, false positives {dev['false_positive']:.2f}); on held-out trials: "
+                 f"detection {test['detection']:.2f}, identification {test['identification']:.2f}, false positives "
+                 f"{test['false_positive']:.2f} ({test['n_injected']} injected, {test['n_control']} controls)")  # fmt: skip
         if judge is not None:
             both = [t for t in res.trials if "keyword_detected" in t]
             agree = sum(t["detected"] == t["keyword_detected"] for t in both) / len(both)

@@ -122,6 +122,22 @@ class IntrospectionResult:
         return rep
 
 
+def dev_test_rates(result: IntrospectionResult, concepts: Sequence[str]) -> dict[tuple[int, float], dict[str, dict[str, float]]]:
+    """Per cell, the rates on a dev and a disjoint test half of its trials, so that a cell chosen on dev is
+    reported on trials the choice never read: injection trials split by concept (every other concept of
+    ``concepts`` is dev; with one concept, every other trial), control trials alternately."""
+    dev_concepts = set(concepts[::2]) if len(concepts) > 1 else None
+    halves: dict[tuple[int, float], dict[str, list[dict[str, Any]]]] = {}
+    seen: dict[tuple[tuple[int, float], bool], int] = {}
+    for t in result.trials:
+        cell = (t["layer"], t["strength"])
+        control = t["concept"] is None
+        n = seen[(cell, control)] = seen.get((cell, control), -1) + 1
+        dev = n % 2 == 0 if control or dev_concepts is None else t["concept"] in dev_concepts
+        halves.setdefault(cell, {"dev": [], "test": []})["dev" if dev else "test"].append(t)
+    return {cell: {half: summarize(rows) for half, rows in parts.items()} for cell, parts in halves.items()}
+
+
 def pick_concepts(cfg: IntrospectionConfig, words: ConceptWords) -> list[str]:
     """The concepts a grid uses: the configured (or built-in) list, seeded shuffle, first ``n_concepts``."""
     pool = list(cfg.concepts) if cfg.concepts is not None else list(words.concepts)
