@@ -193,9 +193,10 @@ STOPS: tuple[Stop, ...] = (
                for name, contrast, fmt in _SEPARABILITY_SETS),
          lambda s: s["mean_diff_chosen_separability"] - s["mean_diff_chosen_control"],
          "harmful vs harmless: held-out accuracy of the mean-difference direction at the layer chosen on train accuracy, "
-         "minus the same pipeline on shuffled train labels", 0.25, 0.1,
+         "minus the same pipeline on shuffled train labels (mean of 8 balanced shuffles)", 0.25, 0.1,
          control=lambda s: (f"shuffled train labels at layer {s.get('mean_diff_chosen_layer')}: "
-                            f"{_num(s.get('mean_diff_chosen_control'))} (ours {_num(s.get('mean_diff_chosen_separability'))}; "
+                            f"{_num(s.get('mean_diff_chosen_control'))} +- {_num(s.get('mean_diff_chosen_control_sd'))} sd "
+                            f"(ours {_num(s.get('mean_diff_chosen_separability'))}; "
                             f"probe {_num(s.get('probe_chosen_separability'))} vs {_num(s.get('probe_chosen_control'))})"),
          smoke={name: {"max_per_side": 4} for name, _, _ in _SEPARABILITY_SETS}),
     Stop("refusal-organism", "Refusal is mediated by one direction: adding it makes harmless requests refused, "

@@ -93,8 +93,31 @@ def test_shuffled_labels_keep_sizes_and_pairs() -> None:
     sp, sn = _shuffle_labels(pos, neg, paired=True, seed=0)
     swapped = torch.tensor([torch.equal(sp[i], neg[i]) and torch.equal(sn[i], pos[i]) for i in range(40)])
     kept = torch.tensor([torch.equal(sp[i], pos[i]) and torch.equal(sn[i], neg[i]) for i in range(40)])
-    assert bool((swapped | kept).all()) and 5 < int(swapped.sum()) < 35
+    assert bool((swapped | kept).all()) and int(swapped.sum()) == 20  # exactly half: no share of the contrast left
     up, un = _shuffle_labels(pos[:30], neg, paired=False, seed=0)
     assert up.shape[0] == 30 and un.shape[0] == 40
+    true_pos = {tuple(r.flatten().tolist()) for r in pos[:30]}
+    share = [sum(tuple(r.flatten().tolist()) in true_pos for r in side) / len(side) for side in (up, un)]
+    assert abs(share[0] - share[1]) < 0.05, share  # both sides hold true positives at the overall rate (30/70)
     rows = {tuple(r.flatten().tolist()) for r in torch.cat([pos[:30], neg])}
     assert {tuple(r.flatten().tolist()) for r in torch.cat([up, un])} == rows
+
+
+def test_the_shuffled_control_is_at_chance_even_for_a_strong_contrast() -> None:
+    """A coin flip per pair would leave (1 - 2f) of the true difference: with a strong contrast the
+    control then lands near 0 or 1 depending on the seed. The balanced shuffle stays near chance."""
+    from lmscope.steering.extract import _layer_accuracies, _shuffle_labels, directions_from_acts
+
+    g = torch.Generator().manual_seed(7)
+    d, n = 256, 60
+    u = torch.zeros(d)
+    u[0] = 1.0
+    def side(sign: float, m: int) -> torch.Tensor:
+        return (sign * 3.0 * u + torch.randn(m, d, generator=g))[:, None, :]  # (m, layer=1, d)
+    tp, tn, ep, en = side(1, n), side(-1, n), side(1, 200), side(-1, 200)
+    for paired in (True, False):
+        for seed in range(6):
+            sp, sn = _shuffle_labels(tp, tn if paired else tn[:45], paired, seed)
+            null = directions_from_acts(sp, sn, "mean_diff", paired=paired)
+            control, _ = _layer_accuracies(null, [0], sp, sn, ep, en)
+            assert 0.3 < control[0] < 0.7, (paired, seed, control)

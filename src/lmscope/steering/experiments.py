@@ -41,6 +41,7 @@ class SteerExtract(Experiment):
     method: str = param("mean_diff", "direction estimator", choices=("mean_diff", "pca", "probe", "all"))
     max_per_side: int | None = param(None, "first n examples per side and split")
     shuffled: bool = param(False, "also fit each method on shuffled train labels (the control), scored on the test split")
+    shuffles: int = param(8, "with --shuffled: balanced label shuffles averaged in the control")
 
     def contrast_set(self) -> Any:
         from lmscope.steering import builtin, load_contrast
@@ -53,6 +54,8 @@ class SteerExtract(Experiment):
                              question_key=self.question_key, fmt=self.fmt or "plain", chat=bool(self.chat))  # fmt: skip
 
     def check(self) -> None:
+        if self.shuffles < 1:
+            raise ValueError(f"--shuffles must be at least 1, got {self.shuffles}")
         self.contrast_set()
 
     def inputs(self) -> Any:
@@ -66,7 +69,8 @@ class SteerExtract(Experiment):
         cs = self.contrast_set()
         methods = ["mean_diff", "pca", "probe"] if self.method == "all" else [self.method]
         ctx.log(f"extracting {methods} from {cs.name}")
-        results = extract_many(model, cs, methods=methods, max_per_side=self.max_per_side, shuffled=self.shuffled)
+        results = extract_many(model, cs, methods=methods, max_per_side=self.max_per_side, shuffled=self.shuffled,
+                               shuffles=self.shuffles)
         page = Result(f"Steering vector: {cs.name}")
         out = ctx.folder()
         for method, r in results.items():
@@ -81,8 +85,10 @@ class SteerExtract(Experiment):
                 page.summary |= {f"{method}_chosen_layer": chosen, f"{method}_chosen_separability": r.separability[chosen]}
                 if r.control:
                     page.summary[f"{method}_chosen_control"] = r.control[chosen]
+                    page.summary[f"{method}_chosen_control_sd"] = r.control_sd[chosen]
                     page.say(f"{method}: layer {chosen} chosen on train accuracy: test {r.separability[chosen]:.2f}, "
-                             f"shuffled-label control {r.control[chosen]:.2f}")  # fmt: skip
+                             f"shuffled-label control {r.control[chosen]:.2f} (sd {r.control_sd[chosen]:.2f} over "
+                             f"{self.shuffles} shuffles)")  # fmt: skip
                 page.say(f"{method}: {r.n_train} train / {r.n_test} test examples per side, best layer {best} "
                          f"({r.separability[best]:.2f} held-out separability) -> {out / name}")  # fmt: skip
             else:
@@ -95,7 +101,8 @@ class SteerExtract(Experiment):
                          *(results[m].control[layer] for m in ctl)] for layer in layers])  # fmt: skip
             page.figure("separability", separability_figure(results, f"{cs.name}: held-out separability"))
         page.data = {m: {"separability": r.separability, "train_acc": r.train_acc, "control": r.control,
-                         "n_train": r.n_train, "n_test": r.n_test} for m, r in results.items()}  # fmt: skip
+                         "control_sd": r.control_sd, "n_train": r.n_train, "n_test": r.n_test}
+                     for m, r in results.items()}  # fmt: skip
         return page
 
 

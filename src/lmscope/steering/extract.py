@@ -151,8 +151,11 @@ class ExtractResult:
     """(positive, negative) train examples used."""
     n_test: tuple[int, int]
     control: dict[int, float] = field(default_factory=dict)
-    """Layer -> held-out accuracy of the same estimator fitted on shuffled train labels (``shuffled=True``):
-    what the pipeline reads from a contrast that carries no signal (about 0.5)."""
+    """Layer -> held-out accuracy of the same estimator fitted on shuffled train labels (``shuffled=True``),
+    the mean over ``shuffles`` draws: what the pipeline reads from a contrast that carries no signal
+    (about 0.5; one draw can land far from it when the contrast lies along a high-variance direction)."""
+    control_sd: dict[int, float] = field(default_factory=dict)
+    """Layer -> standard deviation of the control over its draws."""
 
     def chosen_layer(self) -> int:
         """Layer with the highest *train* accuracy (ties: the earliest): a choice that never reads the test split."""
@@ -206,12 +209,15 @@ def extract_many(
     batch_size: int = 16,
     seed: int = 0,
     shuffled: bool = False,
+    shuffles: int = 8,
 ) -> dict[str, ExtractResult]:
     """:func:`extract` for several methods from one set of activations (one pass over the prompts).
 
-    ``shuffled`` also fits every method on train labels shuffled with ``seed`` (within pairs for a paired
-    set: each pair's sides swapped at random; else a permutation) and scores it on the true test labels.
+    ``shuffled`` also fits every method on ``shuffles`` balanced shuffles of the train labels (seeded
+    from ``seed``; see :func:`_shuffle_labels`) and scores each on the true test labels.
     """
+    if shuffled and shuffles < 1:
+        raise ValueError(f"shuffles must be at least 1, got {shuffles}")
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
@@ -235,22 +241,27 @@ def extract_many(
     ep, en = acts(test) if test is not None else (None, None)
     prov = Provenance.of(model, site="resid_post", dataset=train.records(), contrast=contrast.name,
                          contrast_meta=contrast.meta)  # fmt: skip
-    sp, sn = _shuffle_labels(tp, tn, train.paired, seed) if shuffled and ep is not None else (None, None)
+    draws = ([_shuffle_labels(tp, tn, train.paired, seed * 1009 + i) for i in range(shuffles)]
+             if shuffled and ep is not None else [])  # fmt: skip
     out: dict[str, ExtractResult] = {}
     for method in methods:
         dirs = directions_from_acts(tp, tn, method, paired=train.paired, seed=seed)
         sep: dict[int, float] = {}
         tr_acc: dict[int, float] = {}
         control: dict[int, float] = {}
+        control_sd: dict[int, float] = {}
         if ep is not None and en is not None:
             sep, tr_acc = _layer_accuracies(dirs, layers, tp, tn, ep, en)
-            if sp is not None and sn is not None:
-                null = directions_from_acts(sp, sn, method, paired=train.paired, seed=seed)
-                control, _ = _layer_accuracies(null, layers, sp, sn, ep, en)
+            nulls = [_layer_accuracies(directions_from_acts(sp, sn, method, paired=train.paired, seed=seed),
+                                       layers, sp, sn, ep, en)[0] for sp, sn in draws]  # fmt: skip
+            if nulls:
+                per_layer = {layer: torch.tensor([d[layer] for d in nulls]) for layer in layers}
+                control = {layer: float(v.mean()) for layer, v in per_layer.items()}
+                control_sd = {layer: float(v.std()) if len(nulls) > 1 else 0.0 for layer, v in per_layer.items()}
         meta = {"contrast": contrast.name, "separability": {str(k): v for k, v in sep.items()}}
         vec = SteeringVector({layer: dirs[i] for i, layer in enumerate(layers)}, model.shape.d_model, method, prov, meta)
         n_test = (0, 0) if ep is None or en is None else (ep.shape[0], en.shape[0])
-        out[method] = ExtractResult(vec, sep, tr_acc, (tp.shape[0], tn.shape[0]), n_test, control)
+        out[method] = ExtractResult(vec, sep, tr_acc, (tp.shape[0], tn.shape[0]), n_test, control, control_sd)
     return out
 
 
@@ -266,10 +277,22 @@ def _layer_accuracies(dirs: Tensor, layers: list[int], tp: Tensor, tn: Tensor, e
 
 
 def _shuffle_labels(pos: Tensor, neg: Tensor, paired: bool, seed: int) -> tuple[Tensor, Tensor]:
-    """The train activations with their labels shuffled, keeping the side sizes (and pairs, when paired)."""
+    """The train activations with their labels shuffled, keeping the side sizes (and pairs, when paired).
+
+    Balanced, not merely random: exactly half the pairs are swapped (unpaired: each new side holds the
+    true positives in the same proportion), so the shuffled mean difference carries no multiple of the
+    true one. A coin flip per pair leaves ``(1 - 2f)`` of it (f the swapped fraction), which a strong
+    contrast turns into a control far from chance, on either side of it."""
     g = torch.Generator().manual_seed(seed)
     if paired and pos.shape[0] == neg.shape[0]:
-        swap = (torch.rand(pos.shape[0], generator=g) < 0.5).view(-1, *([1] * (pos.dim() - 1)))
+        n = pos.shape[0]
+        swap = torch.zeros(n, dtype=torch.bool)
+        swap[torch.randperm(n, generator=g)[: n // 2]] = True
+        swap = swap.view(-1, *([1] * (pos.dim() - 1)))
         return torch.where(swap, neg, pos), torch.where(swap, pos, neg)
-    both = torch.cat([pos, neg])[torch.randperm(pos.shape[0] + neg.shape[0], generator=g)]
-    return both[: pos.shape[0]], both[pos.shape[0] :]
+    n_pos, n_neg = pos.shape[0], neg.shape[0]
+    k = round(n_pos * n_pos / (n_pos + n_neg))  # true positives kept on the positive side: the overall rate
+    p, q = torch.randperm(n_pos, generator=g), torch.randperm(n_neg, generator=g)
+    new_pos = torch.cat([pos[p[:k]], neg[q[: n_pos - k]]])
+    new_neg = torch.cat([pos[p[k:]], neg[q[n_pos - k :]]])
+    return new_pos, new_neg
